@@ -1,34 +1,33 @@
-"""The ``accllm`` command: one entry point, a subcommand per step of the flow."""
+"""The ``accllm`` command: one entry point; each folder registers the subcommands it owns.
+
+A module listed in ``COMMAND_MODULES`` defines ``register(subparsers)``, which adds its parsers and
+sets ``func`` on each to a callable taking the parsed arguments and returning an exit code.
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
-
-def _cmd_eval(args) -> int:
-    from accllm.quant.evaluate import evaluate_command
-
-    return evaluate_command(args)
+COMMAND_MODULES = [
+    "accllm.quant.evaluate",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="accllm", description="AccLLM-style compression, FPGA engine compilation and simulation")
-    sub = ap.add_subparsers(dest="command", required=True)
-
-    from accllm.quant.evaluate import add_eval_arguments
-
-    p = sub.add_parser("eval", help="held-out perplexity of a model (bundled by default), written as JSON")
-    add_eval_arguments(p)
-    p.set_defaults(func=_cmd_eval)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return ap
 
 
 def main(argv=None) -> int:
-    ap = build_parser()
-    args = ap.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
     except (ValueError, FileNotFoundError) as e:
+        # Expected user errors (bad directory, bad flag combination) get one line, not a traceback.
         print(f"accllm {args.command}: error: {e}", file=sys.stderr)
         return 2
 
