@@ -1,0 +1,336 @@
+"""AccLLM compression with Brevitas: 2:4 (Wanda) pruning, Λ attention and W2A8KV4, and ``accllm quantize``.
+
+Pipeline (:func:`compress`): install :class:`~accllm.quant.attention.AccAttention` (Λ policy) ->
+Wanda 2:4 pruning of the decoder projections -> Brevitas quantisation (asymmetric group-wise
+weights with an integer zero point, int8 per-token dynamic inputs at every decoder linear, int8 Q and
+probabilities, 4-bit per-token K/V) -> weight rounding by round-to-nearest or Brevitas GPTQ (mask
+aware: pruned weights are "quantised" to zero, so GPTQ compensates their error) -> optional
+distillation fine-tune (:mod:`accllm.quant.qat`). Calibration text comes from the corpus "train" split.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from accllm.quant import attention as attn
+from accllm.quant.prune import DECODER_LINEARS, apply_masks, decoder_linears, prune_2to4
+
+WEIGHT_BITS = (2, 3, 4, 8)
+ACT_BITS = (8,)
+KV_BITS = (4, 8)
+WEIGHT_METHODS = ("rtn", "gptq")
+
+
+@dataclass
+class CompressionSettings:
+    sparsity: str = "2:4"            # "2:4" or "none"
+    weight_bits: int | None = 2      # None: float weights
+    group_size: int = 32
+    weight_method: str = "gptq"      # "rtn" or "gptq"
+    act_bits: int | None = 8         # linear inputs, query and probabilities
+    kv_bits: int | None = 4
+    lambda_attention: bool = True
+    sinks: int = 4
+    window: int = 124
+    positions: str = "cache"
+    calib_samples: int = 128
+    calib_seqlen: int = 256
+    qat_steps: int = 0
+    qat_lr: float = 1e-4
+    seed: int = 0
+
+    def policy(self) -> attn.LambdaPolicy | None:
+        return attn.LambdaPolicy(self.sinks, self.window, self.positions) if self.lambda_attention else None
+
+    def validate(self, config=None) -> None:
+        if self.sparsity not in ("2:4", "none"):
+            raise ValueError(f"sparsity must be '2:4' or 'none', got {self.sparsity!r}")
+        if self.weight_bits is not None and self.weight_bits not in WEIGHT_BITS:
+            raise ValueError(f"unsupported weight bit width {self.weight_bits}; choose one of {WEIGHT_BITS} (the engine runs 2)")
+        if self.act_bits is not None and self.act_bits not in ACT_BITS:
+            raise ValueError(f"unsupported activation bit width {self.act_bits}; choose one of {ACT_BITS}")
+        if self.kv_bits is not None and self.kv_bits not in KV_BITS:
+            raise ValueError(f"unsupported KV bit width {self.kv_bits}; choose one of {KV_BITS} (the engine runs 4)")
+        if self.weight_method not in WEIGHT_METHODS:
+            raise ValueError(f"weight method must be one of {WEIGHT_METHODS}, got {self.weight_method!r}")
+        if self.group_size <= 0:
+            raise ValueError(f"group size must be > 0, got {self.group_size}")
+        if self.calib_samples <= 0 or self.calib_seqlen <= 1:
+            raise ValueError("calibration needs at least one sample of at least 2 tokens")
+        if self.qat_steps < 0:
+            raise ValueError(f"QAT steps must be >= 0, got {self.qat_steps}")
+        self.policy()  # validates sinks / window / positions
+        if config is not None:
+            dims = linear_in_features(config)
+            for name, k in dims.items():
+                if self.weight_bits is not None and k % self.group_size:
+                    raise ValueError(f"group size {self.group_size} does not divide the input dimension {k} of {name}")
+                if self.sparsity == "2:4" and k % 4:
+                    raise ValueError(f"2:4 sparsity needs input dimensions divisible by 4; {name} has {k}")
+            if self.lambda_attention and self.sinks + self.window > config.max_position_embeddings:
+                raise ValueError(f"sinks + window = {self.sinks + self.window} exceeds the trained context "
+                                 f"{config.max_position_embeddings}; Λ attention would see unseen distances")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "CompressionSettings":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def linear_in_features(config) -> dict[str, int]:
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    h = config.hidden_size
+    return {"q_proj": h, "k_proj": h, "v_proj": h, "o_proj": config.num_attention_heads * head_dim,
+            "gate_proj": h, "up_proj": h, "down_proj": config.intermediate_size}
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def calibration_batches(tokenizer, samples: int, seqlen: int, seed: int = 0, batch: int = 8) -> list[torch.Tensor]:
+    """Random windows of the corpus "train" split (never the held-out splits), as [b, seqlen] batches."""
+    from accllm.quant.corpus import load_documents, token_stream
+
+    ids = token_stream(tokenizer, load_documents("train"))
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(ids) - seqlen - 1, (samples,), generator=g)
+    windows = torch.stack([ids[s:s + seqlen] for s in starts.tolist()])
+    return list(windows.split(batch))
+
+
+# ---------------------------------------------------------------- Brevitas quantisers
+
+def brevitas_quantizers(s: CompressionSettings) -> dict:
+    """Quantiser injectors from Brevitas' LLM example (``generate_quantizers``), engine conventions."""
+    from brevitas_examples.common.generative.quantize import generate_quantizers
+
+    q = generate_quantizers(
+        weight_bit_width=s.weight_bits or 8, weight_param_method="stats", weight_scale_precision="float_scale",
+        weight_quant_type="asym", weight_quant_granularity="per_group", weight_group_size=s.group_size,
+        quantize_weight_zero_point=True, weight_scaling_impl_type="parameter_from_stats",
+        input_bit_width=s.act_bits or 8, input_quant_format="int", input_scale_precision="float_scale",
+        input_scale_type="dynamic", input_param_method="stats", input_quant_type="sym",
+        input_quant_granularity="per_row",
+        attn_bit_width=s.kv_bits or 8, attn_quant_type="asym", attn_quant_granularity="per_row",
+        quantize_input_zero_point=True, quant_attn_mode="sdpa", attn_quant_config="qkv")
+    return {"weight": q["weight_quant"] if s.weight_bits else None,
+            "act": q["linear_input_quant"] if s.act_bits else None,
+            "kv": q["k_transposed_quant"] if s.kv_bits else None}
+
+
+def _masked_quant_linear_class():
+    import brevitas.nn as qnn
+
+    class MaskedQuantLinear(qnn.QuantLinear):
+        """QuantLinear whose quantised weight is zero where the 2:4 mask prunes: GPTQ then treats
+        pruned weights as quantised to 0 and propagates their error (SparseGPT with a fixed mask)."""
+
+        def quant_weight(self, quant_input=None, subtensor_slice_list=None):
+            out = super().quant_weight(quant_input, subtensor_slice_list)
+            mask = getattr(self, "sparse_mask", None)
+            if mask is None or subtensor_slice_list is not None or not hasattr(out, "value_"):
+                return out
+            value = out.value_ * mask.to(out.value_.device, out.value_.dtype).view(out.value_.shape)
+            return out._replace(value_=value)
+
+    return MaskedQuantLinear
+
+
+def quantize_layers(model, s: CompressionSettings, masks: dict | None = None) -> nn.Module:
+    """Swap decoder linears for Brevitas QuantLinear and attach the attention quantisers."""
+    import brevitas.nn as qnn
+    from brevitas.graph.quantize import layerwise_quantize
+
+    qz = brevitas_quantizers(s)
+    dtype = next(model.parameters()).dtype
+    if qz["weight"] is not None or qz["act"] is not None:
+        cls = _masked_quant_linear_class()
+        kwargs = {"weight_quant": qz["weight"], "input_quant": qz["act"], "dtype": dtype}
+        keep_dense = [n for n, m in model.named_modules()
+                      if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] not in DECODER_LINEARS]
+        model = layerwise_quantize(model, compute_layer_map={nn.Linear: (cls, kwargs)}, name_blacklist=keep_dense)
+        if masks:
+            for name, mod in decoder_linears(model).items():
+                mod.register_buffer("sparse_mask", masks[name].to(mod.weight.device), persistent=False)
+    for m in attn.attention_modules(model):
+        sd = m.sdpa
+        if qz["act"] is not None:
+            sd.q_quant = qnn.QuantIdentity(act_quant=qz["act"], return_quant_tensor=True)
+            sd.p_quant = qnn.QuantIdentity(act_quant=qz["act"], return_quant_tensor=True)
+        if qz["kv"] is not None:
+            sd.k_quant = qnn.QuantIdentity(act_quant=qz["kv"], return_quant_tensor=True)
+            sd.v_quant = qnn.QuantIdentity(act_quant=qz["kv"], return_quant_tensor=True)
+    if model.config.tie_word_embeddings:
+        model.tie_weights()
+    return model.eval()
+
+
+def remove_accelerate_hooks(model) -> None:
+    from accelerate.hooks import remove_hook_from_module
+
+    remove_hook_from_module(model, recurse=True)
+
+
+def place(model, device: torch.device, offload: bool):
+    """Put the model on ``device``; with ``offload`` spread it over GPU(s)/CPU with accelerate, as
+    Brevitas' LLM example does for checkpoints larger than one GPU."""
+    if offload:
+        from brevitas_examples.common.accelerate_utils.accelerate import offload_model
+
+        return offload_model(model)
+    return model.to(device)
+
+
+# ---------------------------------------------------------------- the pipeline
+
+def compress(model, tokenizer, s: CompressionSettings, device=None, offload: bool = False,
+             teacher=None, progress: bool = True):
+    """Compress ``model`` (float, HF Llama) in place; returns ``(model, masks)``."""
+    s.validate(model.config)
+    torch.manual_seed(s.seed)
+    device = pick_device(device)
+    attn.install(model, s.policy())
+    batches = calibration_batches(tokenizer, s.calib_samples, s.calib_seqlen, s.seed) if (
+        s.sparsity != "none" or s.weight_bits or s.qat_steps) else []
+    model = place(model, device, offload)
+    masks = prune_2to4(model, batches, progress) if s.sparsity == "2:4" else None
+    if offload:
+        remove_accelerate_hooks(model)
+    model = quantize_layers(model, s, masks)
+    model = place(model, device, offload)
+    with torch.no_grad():
+        model(input_ids=batches[0][:1].to(device) if batches else torch.tensor([[0, 1]], device=device))
+    if s.weight_bits and s.weight_method == "gptq":
+        gptq(model, batches, progress)
+    if masks:
+        apply_masks(model, masks)
+    if s.qat_steps:
+        from accllm.quant.qat import distill
+
+        distill(model, teacher, batches, s, masks, device, progress)
+    if offload:
+        remove_accelerate_hooks(model)
+    return model, masks
+
+
+def gptq(model, batches, progress: bool = True) -> None:
+    """Brevitas GPTQ (act-order) over the quantised decoder linears, layer by layer."""
+    from brevitas.graph.gptq import gptq_mode
+    from tqdm import tqdm
+
+    device = next(model.parameters()).device
+    with torch.no_grad(), gptq_mode(model, act_order=True, use_quant_activations=False,
+                                    create_weight_orig=False) as g:
+        for _ in tqdm(range(g.num_layers), desc="gptq", disable=not progress):
+            for x in batches:
+                g.model(input_ids=x.to(device))
+            g.update()
+
+
+# ---------------------------------------------------------------- reporting helpers
+
+def weight_bytes_per_token(model, s: CompressionSettings) -> dict:
+    """Bytes of weights read per decoded token: decoder linears compressed, the rest fp16."""
+    from accllm.quant.checkpoint import linear_storage_bytes
+
+    lin = decoder_linears(model)
+    compressed = sum(linear_storage_bytes(m.weight.shape, s) for m in lin.values())
+    lin_ids = {id(m.weight) for m in lin.values()}
+    other = sum(p.numel() * 2 for p in model.parameters() if id(p) not in lin_ids and p.dim() > 0)
+    fp16 = sum(m.weight.numel() * 2 for m in lin.values()) + other
+    return {"decoder_linears": compressed, "other_fp16": other, "total": compressed + other, "fp16_total": fp16}
+
+
+def kv_bytes_per_token(config, kv_bits: int | None) -> float:
+    """Bytes one token adds to the KV cache across all layers (codes + fp16 scale + zero point per head)."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    per_head = head_dim * 2 if kv_bits is None else head_dim * kv_bits / 8 + 2 + 1
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * per_head
+
+
+def kv_cache_bytes(config, seq_len: int, kv_bits: int | None, policy: attn.LambdaPolicy | None) -> float:
+    slots = seq_len if policy is None else min(seq_len, policy.slots)
+    return slots * kv_bytes_per_token(config, kv_bits)
+
+
+# ---------------------------------------------------------------- CLI
+
+def add_quantize_arguments(p):
+    p.add_argument("model", help="local Hugging Face Llama directory, or 'bundled'")
+    p.add_argument("-o", "--out", type=Path, required=True, help="output directory for the compressed checkpoint")
+    p.add_argument("--sparsity", default="2:4", choices=["2:4", "none"])
+    p.add_argument("--weight-bits", type=int, default=2, help="0 keeps float weights")
+    p.add_argument("--act-bits", type=int, default=8, help="0 keeps float activations")
+    p.add_argument("--kv-bits", type=int, default=4, help="0 keeps a float KV cache")
+    p.add_argument("--group-size", type=int, default=32)
+    p.add_argument("--weight-method", default="gptq", choices=WEIGHT_METHODS)
+    p.add_argument("--sinks", type=int, default=4)
+    p.add_argument("--window", type=int, default=124)
+    p.add_argument("--positions", default="cache", choices=attn.POSITION_MODES)
+    p.add_argument("--no-lambda", action="store_true", help="full causal attention instead of Λ")
+    p.add_argument("--calib-samples", type=int, default=128)
+    p.add_argument("--calib-seqlen", type=int, default=256)
+    p.add_argument("--qat-steps", type=int, default=0, help="distillation fine-tune steps (teacher: the float model)")
+    p.add_argument("--qat-lr", type=float, default=1e-4)
+    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1")
+    p.add_argument("--offload", action="store_true", help="spread the model over GPU/CPU with accelerate")
+    p.add_argument("--eval-tokens", type=int, default=16384, help="held-out tokens for perplexity (0: skip)")
+
+
+def settings_from_args(a) -> CompressionSettings:
+    return CompressionSettings(
+        sparsity=a.sparsity, weight_bits=a.weight_bits or None, group_size=a.group_size,
+        weight_method=a.weight_method, act_bits=a.act_bits or None, kv_bits=a.kv_bits or None,
+        lambda_attention=not a.no_lambda, sinks=a.sinks, window=a.window, positions=a.positions,
+        calib_samples=a.calib_samples, calib_seqlen=a.calib_seqlen, qat_steps=a.qat_steps, qat_lr=a.qat_lr)
+
+
+def quantize_command(a) -> int:
+    import copy
+
+    from accllm.quant.checkpoint import save_compressed
+    from accllm.quant.corpus import load_documents, token_stream
+    from accllm.quant.evaluate import perplexity
+    from accllm.quant.model import load_model, resolve_model_dir, trained_context
+
+    s = settings_from_args(a)
+    s.validate()
+    model, tok = load_model(a.model)
+    s.validate(model.config)
+    device = pick_device(a.device)
+    ctx = trained_context(model.config)
+    report = {"model": str(a.model), "settings": s.to_json(), "device": str(device)}
+    test_ids = token_stream(tok, load_documents("test"))[: a.eval_tokens] if a.eval_tokens else None
+    teacher = copy.deepcopy(model).to(device) if s.qat_steps else None
+    if test_ids is not None:
+        ref = teacher if teacher is not None else model.to(device)
+        report["perplexity_fp"] = perplexity(ref, test_ids, ctx, ctx // 2)["perplexity"]
+        print(f"float perplexity {report['perplexity_fp']:.3f}")
+    model, masks = compress(model, tok, s, device=device, offload=a.offload, teacher=teacher)
+    if test_ids is not None:
+        report["perplexity_compressed"] = perplexity(model, test_ids, ctx, ctx // 2)["perplexity"]
+        print(f"compressed perplexity {report['perplexity_compressed']:.3f}")
+    report["weight_bytes_per_token"] = weight_bytes_per_token(model, s)
+    report["kv_bytes_per_token"] = kv_bytes_per_token(model.config, s.kv_bits)
+    report["kv_cache_bytes_max"] = kv_cache_bytes(model.config, 1 << 20, s.kv_bits, s.policy()) if s.lambda_attention else None
+    path = save_compressed(model.cpu(), tok, s, masks, a.out, source_dir=resolve_model_dir(a.model), report=report)
+    print(f"wrote {path} (compressed checkpoint) and {a.out / 'report.json'}")
+    return 0
+
+
+def register(sub):
+    p = sub.add_parser("quantize", help="2:4 prune + Λ attention + W2A8KV4 (Brevitas) a Llama checkpoint")
+    add_quantize_arguments(p)
+    p.set_defaults(func=quantize_command)
