@@ -12,26 +12,24 @@ from tqdm import tqdm
 
 @torch.no_grad()
 def perplexity(model, ids: torch.Tensor, context: int, stride: int, progress: bool = True) -> dict:
-    """Sliding-window perplexity: windows of ``context`` tokens advanced by ``stride``; each token is
-    scored once, in the first window where it is new, with up to ``context - stride`` tokens of history."""
-    if not 0 < stride <= context:
-        raise ValueError(f"stride must be in 1..context ({context}), got {stride}")
+    """Sliding-window perplexity. The first window scores its first ``context - 1`` predictions; each
+    later window of ``context`` tokens ends ``stride`` tokens further and scores only those ``stride``
+    new tokens, each with at least ``context - stride`` tokens of history. Every token after the first
+    is scored exactly once."""
+    if not 0 < stride < context:
+        raise ValueError(f"stride must be in 1..context-1 ({context - 1}), got {stride}")
     device = next(model.parameters()).device
-    nll, count, prev_end = 0.0, 0, 0
-    starts = range(0, max(1, len(ids) - 1), stride)
-    for begin in tqdm(starts, desc="perplexity", disable=not progress, mininterval=2):
-        end = min(begin + context, len(ids))
-        new = end - max(prev_end, begin + 1)  # first token of a window has no prediction
-        if new <= 0:
-            break
-        x = ids[begin:end].unsqueeze(0).to(device)
+    n = len(ids)
+    ends = list(range(min(context, n), n, stride)) + [n]
+    nll, count, scored_to = 0.0, 0, 1
+    for end in tqdm(sorted(set(ends)), desc="perplexity", disable=not progress, mininterval=2):
+        x = ids[max(0, end - context) : end].unsqueeze(0).to(device)
         logits = model(x).logits[0, :-1].float()
         losses = torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="none")
+        new = end - scored_to
         nll += losses[-new:].sum().item()
         count += new
-        prev_end = end
-        if end == len(ids):
-            break
+        scored_to = end
     return {"perplexity": math.exp(nll / count), "tokens": count, "context": context, "stride": stride}
 
 
