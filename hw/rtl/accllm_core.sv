@@ -23,7 +23,7 @@
 // Reset is synchronous and active low; it drops every beat and output in flight and sets the mode to DENSE.
 module accllm_core #(
     parameter int LANES = 16,    // multipliers, a multiple of 4
-    parameter int GROUP = 64,    // W2 quantisation group (inputs along K), a multiple of 2*LANES
+    parameter int GROUP = 32,    // W2 quantisation group (inputs along K), a multiple of 2*LANES
     parameter int OUT_DEPTH = 8  // output FIFO entries; 5 or more keeps one beat per cycle when every beat closes
 ) (
     input  logic                  clk,

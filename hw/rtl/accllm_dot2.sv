@@ -2,7 +2,7 @@
 //
 // Packing ("dot-product packing"): with K = 13
 //     A = a_hi * 2^K + a_lo          (27-bit port: the DSP48E2 pre-adder forms D + A with D = a_hi << 13,
-//                                      A = sign-extended a_lo; |A| < 2^20, so it fits the 27-bit input)
+//                                      A = sign-extended a_lo; |A| <= 2^20 + 128, well inside 27 bits)
 //     B = b_hi * 2^K + b_lo          (18-bit port: formed in fabric; |B| <= 15*8192 + 15 < 2^17)
 //     P = A * B = a_hi*b_hi * 2^26  +  (a_hi*b_lo + a_lo*b_hi) * 2^13  +  a_lo*b_lo     (45 bits of the 48-bit P)
 // The wanted sum M = a_hi*b_lo + a_lo*b_hi is the middle field. Bounds: |a| <= 128, |b| <= 15 (b = code - zero),
@@ -18,12 +18,14 @@
 // of the pair, which is what the adder tree wants (half as many tree inputs).
 //
 // 2-bit weights: b = code - zero is only in [-3, 3]. A W2-only datapath is better off with LUT multipliers:
-// a*b for b in {0, +-1, +-2, +-3} is one shift-add (a + 2a) plus a conditional negate, ~12 LUT6 per 8x3
-// product, and a U280 has ~145x more LUT6 (1.3M) than DSP slices (9024), so LUT MACs scale much further.
-// Deeper DSP packing does not help here: a third int8 field would need 8 + 2*11 = 30 bits (> 27) on A, or
-// three 3-bit fields spaced 11 bits on B need 25 bits (> 18); with a shared activation (row-parallel layout)
-// three W2 products fit one DSP (fields 10 bits apart on the 27-bit port: 2*10 + 3 = 23 bits) at the cost of
-// a sign-borrow correction per field. This core keeps one datapath for all modes, sized by the KV4 modes.
+// a*b for b in {0, +-1, +-2, +-3} is one shift-add (a + 2a) plus a conditional negate, on the order of 10-15
+// LUT6 per 8x3 product, and a U280 has ~145x more LUT6 (1.3M) than DSP slices (9024), so LUT MACs scale much
+// further. Deeper dot-product packing does not fit: three pairs need fields of 12 bits (three int8 x int3
+// products reach |1152|), i.e. 2*12 + 8 = 32 bits on A (> 27) and 2*12 + 3 = 27 bits on B (> 18). With a
+// shared activation (row-parallel layout) three W2 products do fit one DSP: a * (w1 + w2*2^10 + w3*2^20),
+// each |a*w| <= 384 fits a 10-bit field, the packed weight needs 23 bits of the 27-bit port, and each upper
+// field takes the same sign-borrow correction as above. This core keeps one datapath for all four modes, so
+// it is sized by the KV4 modes (5-bit b), where two products per DSP is the limit of the 27x18 multiplier.
 //
 // Pipeline: operands are registered by the caller (AREG/BREG), the product is registered here (MREG/PREG).
 module accllm_dot2 (
