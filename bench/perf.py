@@ -1,0 +1,192 @@
+"""Performance projection of the accllm engine: calibration on RTL cycles, Llama-2-7B on the U280, roofline.
+
+    python bench/perf.py --calibrate      # simulate the RTL core, fit the cycle model, write sim/data/perf_calibration.json
+    python bench/perf.py                  # projections -> bench/results/perf.json, roofline.png, /work/notes/perf_readme.md
+
+--calibrate builds the core (Verilator via cocotb) for LANES/GROUP = 16/32, 8/32 and 32/64, runs random operations
+of fixed shapes (every output checked against the golden core), fits ``cycles = a*beats + b*packets + c`` on the
+16/32 fit shapes only and reports the error on held-out shapes and on the two builds the fit never saw.
+
+The projection uses that fit for the core and the stated assumptions of accllm.sim.perf.Engine for the rest.
+The published figures it is compared with are quoted from DESIGN.md (AccLLM, arXiv 2505.03745, Table VII).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from tqdm import tqdm
+
+from accllm.sim import perf
+
+HERE = Path(__file__).resolve().parent
+README_SNIPPET = Path("/work/notes/perf_readme.md")
+
+# Published reference points (decode, Llama-2-7B, Alveo U280), as quoted in DESIGN.md.
+REFERENCES = [
+    {"design": "AccLLM (W2A8KV4, 2:4, Λ)", "tokens_per_s": 164.0, "power_w": 33.0, "tokens_per_j": 4.96,
+     "clock_mhz": 225, "source": "AccLLM, arXiv 2505.03745, Table VII (as quoted in DESIGN.md); cycle-accurate "
+                                 "simulator validated against RTL"},
+    {"design": "FlightLLM", "tokens_per_s": 55.0, "power_w": None, "tokens_per_j": None, "clock_mhz": None,
+     "source": "FlightLLM (Zeng et al., FPGA 2024) on the U280, as quoted by AccLLM Table VII / DESIGN.md"},
+]
+
+
+def calibrate(out: Path) -> dict:
+    steps = [("fit", perf.FIT_CONFIG, perf.FIT_SHAPES)] + [("held_out", cfg, shapes) for cfg, shapes in perf.HELD_OUT.items()]
+    measured = {"fit": [], "held_out": []}
+    with tempfile.TemporaryDirectory(prefix="accllm_perf_cal_") as tmp:
+        for i, (role, (lanes, group), shapes) in enumerate(tqdm(steps, desc="RTL calibration", unit="run")):
+            measured[role] += perf.measure_rtl(lanes, group, shapes, seed=i, work_dir=Path(tmp) / f"run{i}")
+    timing = perf.fit_timing(measured["fit"])
+    fit_err = perf.timing_errors(timing, measured["fit"])
+    held = perf.timing_errors(timing, measured["held_out"])
+    rec = {"format": "accllm-perf-calibration-v1",
+           "what": "integer core cycles per operation = per_beat*beats + per_packet*packets + per_op, "
+                   "least squares on RTL (Verilator) cycle counts, no back-pressure, no input gaps",
+           "fit": {"per_beat": timing.per_beat, "per_packet": timing.per_packet, "per_op": timing.per_op,
+                   "fit_config": {"lanes": perf.FIT_CONFIG[0], "group": perf.FIT_CONFIG[1]}},
+           "fit_error": {k: fit_err[k] for k in ("max_abs_rel_error", "mean_abs_rel_error")},
+           "held_out_error": {k: held[k] for k in ("max_abs_rel_error", "mean_abs_rel_error")},
+           "fit_samples": measured["fit"], "held_out_samples": held["samples"],
+           "date": time.strftime("%Y-%m-%d")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rec, indent=1) + "\n")
+    print(f"fit: cycles = {timing.per_beat:.4f}*beats + {timing.per_packet:.4f}*packets + {timing.per_op:.3f}")
+    print(f"fit shapes ({len(measured['fit'])}): max |error| {fit_err['max_abs_rel_error']:.2%}")
+    print(f"held-out shapes ({len(held['samples'])}, incl. LANES/GROUP 8/32 and 32/64): "
+          f"max |error| {held['max_abs_rel_error']:.2%}, mean {held['mean_abs_rel_error']:.2%}")
+    for s in held["samples"]:
+        print(f"  L{s['lanes']:<3d} G{s['group']:<3d} {s['kind']:6s} {str(s['dims']):22s} {s['cycles']:6d} cycles, "
+              f"predicted {s['predicted']:8.1f} ({s['rel_error']:+.2%})")
+    print(f"wrote {out}")
+    return rec
+
+
+def scenario(model: str, board: str, group: int, context: int, prompt: int, sinks: int, window: int,
+             timing: perf.CoreTiming, lanes: int = 16) -> dict:
+    b = perf.get_board(board)
+    e = perf.size_engine(b, lanes=lanes, group=group, sinks=sinks, window=window)
+    pm = perf.PerfModel(perf.load_model_shape(model), b, e, timing)
+    dec, pre = pm.decode(context), pm.prefill(prompt)
+    return {"model": model, "board": board, "clock_mhz": b.clock_mhz, "engine": asdict(e),
+            "resources": pm.resources(), "peak_ops_per_s": pm.peak_ops_per_s(),
+            "bytes_per_cycle": pm.bytes_per_cycle, "decode": dec, "prefill": pre}
+
+
+def roofline(scenarios: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    x = np.logspace(-1, 4, 200)
+    colors = {"u280": "C0", "zcu104": "C1", "kv260": "C2"}
+    drawn = set()
+    for s in scenarios:
+        b = s["board"]
+        bw = perf.get_board(b).mem_bandwidth_gbs * 1e9
+        if b not in drawn:
+            ax.loglog(x, np.minimum(s["peak_ops_per_s"], bw * x), color=colors[b], lw=1.2,
+                      label=f"{b}: {bw / 1e9:.0f} GB/s, {s['peak_ops_per_s'] / 1e12:.2f} Top/s "
+                            f"({s['engine']['cores']}x{s['engine']['lanes']} lanes)")
+            port_bw = s["bytes_per_cycle"] / s["engine"]["mem_efficiency"] * s["clock_mhz"] * 1e6
+            if port_bw < bw * 0.999:  # the kernel's memory ports are narrower than the memory
+                ax.loglog(x, np.minimum(s["peak_ops_per_s"], port_bw * x), color=colors[b], lw=0.8, ls="--",
+                          label=f"{b}: kernel ports {port_bw / 1e9:.1f} GB/s")
+            drawn.add(b)
+        for phase, marker in (("decode", "o"), ("prefill", "s")):
+            p = s[phase]
+            ax.loglog(p["ops_per_byte"], p["ops_per_s"], marker, color=colors[b], ms=6, mfc="none" if s["engine"]["group"] != 32 else colors[b])
+            ax.annotate(f"{s['model']} G{s['engine']['group']} {phase}", (p["ops_per_byte"], p["ops_per_s"]),
+                        fontsize=6.5, xytext=(4, -8), textcoords="offset points")
+    ax.set_xlabel("operational intensity (ops per byte of external memory)")
+    ax.set_ylabel("ops/s (2 per dense-equivalent multiply-accumulate)")
+    ax.set_title("accllm engine roofline (projected; core cycles calibrated on RTL)", fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(True, which="both", lw=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| design (Llama-2-7B, Alveo U280) | decode token/s | power W | token/J | bandwidth limit token/s | achieved / limit | source |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        f = lambda v, fmt: "–" if v is None else format(v, fmt)  # noqa: E731
+        lines.append(f"| {r['design']} | {f(r['tokens_per_s'], '.0f')} | {f(r['power_w'], '.0f')} | "
+                     f"{f(r['tokens_per_j'], '.2f')} | {f(r.get('limit'), '.0f')} | {f(r.get('ratio'), '.2f')} | {r['source']} |")
+    return "\n".join(lines)
+
+
+def project(out: Path, context: int, prompt: int) -> dict:
+    timing, cal = perf.load_calibration()
+    runs = [("llama-2-7b", "u280", 32), ("llama-2-7b", "u280", 128), ("llama-2-7b", "zcu104", 32),
+            ("llama-2-7b", "kv260", 32), ("bundled", "kv260", 32)]
+    scen = []
+    for model, board, group in tqdm(runs, desc="projections", unit="case"):
+        sinks, window = (4, 1020) if model == "llama-2-7b" else (4, 124)
+        ctx = context if model == "llama-2-7b" else 255
+        scen.append(scenario(model, board, group, ctx, prompt if model == "llama-2-7b" else 64, sinks, window, timing))
+    rows = []
+    for s in scen[:2]:
+        d = s["decode"]
+        rows.append({"design": f"this design, projected (G={s['engine']['group']}, {s['engine']['cores']} cores x "
+                               f"{s['engine']['lanes']} lanes, {s['clock_mhz']:.0f} MHz)",
+                     "tokens_per_s": d["tokens_per_s"], "power_w": perf.get_board("u280").power_w,
+                     "tokens_per_j": d.get("tokens_per_j"), "limit": d["bandwidth_limit_tokens_per_s"],
+                     "ratio": d["achieved_over_limit"],
+                     "source": f"bench/perf.py: {d['bytes_per_token'] / 1e9:.3f} GB/token, power assumed (see boards.json)"})
+    for r in REFERENCES:
+        limit = scen[1]["decode"]["bandwidth_limit_tokens_per_s"] if r["design"].startswith("AccLLM") else None
+        rows.append({**r, "limit": limit, "ratio": r["tokens_per_s"] / limit if limit else None})
+    result = {"calibration": {k: cal[k] for k in ("fit", "fit_error", "held_out_error")},
+              "assumptions": "accllm.sim.perf.Engine defaults; cores sized by size_engine to the board's bandwidth",
+              "context": context, "prompt": prompt, "scenarios": scen, "comparison": rows}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    png = out.parent / "roofline.png"
+    roofline(scen, png)
+    md = [f"Projected decode of Llama-2-7B (2:4 + W2A8KV4, Λ attention with {scen[0]['engine']['sinks']} sinks + "
+          f"{scen[0]['engine']['window']} window, context {context}) on an Alveo U280. Produced by `python bench/perf.py` "
+          f"(core cycles fitted on RTL simulation, held-out error {cal['held_out_error']['max_abs_rel_error']:.1%}; "
+          "memory efficiency, non-linear unit and hand-off gaps are assumptions; power is assumed, not measured; "
+          "the AccLLM 'bandwidth limit' column uses this model's G=128 bytes/token). No board has run this design.",
+          "", table(rows), "", "![roofline](bench/results/roofline.png)", ""]
+    README_SNIPPET.parent.mkdir(parents=True, exist_ok=True)
+    README_SNIPPET.write_text("\n".join(md))
+    print(table(rows))
+    for s in scen:
+        d = s["decode"]
+        print(f"{s['model']:11s} {s['board']:7s} G{s['engine']['group']:<4d} cores {s['engine']['cores']:4d}: decode "
+              f"{d['tokens_per_s']:8.1f} token/s, {d['bytes_per_token'] / 1e6:9.1f} MB/token, limit "
+              f"{d['bandwidth_limit_tokens_per_s']:8.1f} token/s (ratio {d['achieved_over_limit']:.2f}); prefill "
+              f"{s['prefill']['tokens_per_s']:8.1f} token/s"
+              + ("" if d["fits_in_memory"] else f"  [does not fit: {d['footprint_bytes'] / 2**30:.2f} GiB > board memory]"))
+    print(f"wrote {out}, {png} and {README_SNIPPET}")
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--calibrate", action="store_true", help="simulate the RTL core and refit the cycle model first")
+    p.add_argument("--context", type=int, default=2048, help="tokens already in the stream at the decode step")
+    p.add_argument("--prompt", type=int, default=512, help="prompt length for the prefill projection")
+    p.add_argument("--out", type=Path, default=HERE / "results" / "perf.json")
+    a = p.parse_args(argv)
+    if a.calibrate:
+        calibrate(perf.CALIBRATION_FILE)
+    project(a.out, a.context, a.prompt)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""The bitstream manifest: which bitstreams exist, what they were built for, and their checksums.
+
+``bitstreams/manifest.json`` (one file, format :data:`MANIFEST_FORMAT`) lists every bitstream the recipes in
+``bitstreams/`` describe. An entry names the board, the engine parameters baked into the hardware, the program
+and weight-blob format versions the kernel executes, and each artifact with its sha256 (``.xclbin`` for the
+Vitis flow; ``.bit`` + ``.hwh`` for PYNQ, which reads the ``.hwh`` beside the ``.bit``). An entry whose
+artifacts were never built is ``"built": false`` with no checksums: the runtime refuses it.
+
+Before loading, the runtime calls :func:`verify_bitstream` with the manifest entry, the bitstream file and the
+compiled program's header; any mismatch raises :class:`BitstreamMismatch` naming what differs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+MANIFEST_FORMAT = "accllm-bitstream-manifest-v1"
+DEFAULT_MANIFEST = Path(__file__).resolve().parent.parent / "bitstreams" / "manifest.json"
+ARTIFACTS = {"vitis": ("xclbin",), "vivado": ("bit", "hwh")}
+
+
+class BitstreamMismatch(ValueError):
+    """The bitstream does not match its manifest entry or the compiled program."""
+
+
+class EngineParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    lanes: int = Field(gt=0)
+    group: int = Field(gt=0)
+    cores: int = Field(default=1, gt=0)
+    out_depth: int = Field(default=8, gt=1)
+
+
+class Artifact(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str                                   # relative to the manifest's folder
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    bytes: int | None = None
+
+
+class BitstreamEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    board: str
+    flow: Literal["vitis", "vivado"]
+    kernel: str                                 # HLS top function = kernel / IP name
+    engine: EngineParams
+    program_format: int
+    blob_format: int
+    clock_mhz: float
+    built: bool = False
+    artifacts: dict[str, Artifact]
+    tool: str | None = None                     # e.g. "Vitis 2023.2", recorded by the build
+    recipe: str                                 # folder under bitstreams/ holding the recipe
+
+    @model_validator(mode="after")
+    def _check(self):
+        want = set(ARTIFACTS[self.flow])
+        if set(self.artifacts) != want:
+            raise ValueError(f"{self.name}: a {self.flow} bitstream has artifacts {sorted(want)}, got {sorted(self.artifacts)}")
+        if self.built and any(a.sha256 is None for a in self.artifacts.values()):
+            raise ValueError(f"{self.name}: marked built but an artifact has no sha256")
+        return self
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format: Literal["accllm-bitstream-manifest-v1"] = MANIFEST_FORMAT
+    bitstreams: list[BitstreamEntry] = []
+
+    def entry(self, name: str) -> BitstreamEntry:
+        for e in self.bitstreams:
+            if e.name == name:
+                return e
+        raise KeyError(f"no bitstream {name!r} in the manifest; it lists {', '.join(e.name for e in self.bitstreams) or 'none'}")
+
+    @model_validator(mode="after")
+    def _unique(self):
+        names = [e.name for e in self.bitstreams]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate bitstream names: {', '.join(sorted(dup))}")
+        return self
+
+
+def load_manifest(path: str | Path = DEFAULT_MANIFEST) -> Manifest:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no bitstream manifest at {path}")
+    try:
+        return Manifest.model_validate_json(path.read_text())
+    except ValidationError as e:
+        raise ValueError(f"{path}: invalid bitstream manifest: {e}") from None
+
+
+def save_manifest(manifest: Manifest, path: str | Path = DEFAULT_MANIFEST) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(manifest.model_dump(), indent=1) + "\n")
+    return path
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def record_build(manifest: Manifest, name: str, root: str | Path, tool: str | None = None) -> BitstreamEntry:
+    """After a real build: checksum the entry's artifacts (under ``root``, the manifest's folder) and mark it built."""
+    e = manifest.entry(name)
+    arts = {}
+    for kind, a in e.artifacts.items():
+        p = Path(root) / a.path
+        if not p.is_file():
+            raise FileNotFoundError(f"{name}: artifact {kind} not found at {p}; build it first")
+        arts[kind] = Artifact(path=a.path, sha256=sha256_file(p), bytes=p.stat().st_size)
+    new = e.model_copy(update={"artifacts": arts, "built": True, "tool": tool or e.tool})
+    manifest.bitstreams[manifest.bitstreams.index(e)] = new
+    return new
+
+
+def _field(header, name: str):
+    if isinstance(header, Mapping):
+        return header.get(name)
+    return getattr(header, name, None)
+
+
+def verify_bitstream(entry: BitstreamEntry | Mapping, bitstream_path: str | Path, program_header,
+                     board: str | None = None) -> BitstreamEntry:
+    """Check a bitstream against its manifest entry and the compiled program before loading it.
+
+    ``program_header`` (a mapping or an object with these attributes) gives ``program_format`` and
+    ``blob_format`` (the version numbers the compiler wrote) and ``lanes`` / ``group`` (the engine parameters
+    the program was compiled for); ``board``, when given, is the board the runtime is on. Raises
+    :class:`BitstreamMismatch` naming every difference; returns the validated entry.
+    """
+    if not isinstance(entry, BitstreamEntry):
+        entry = BitstreamEntry.model_validate(dict(entry))
+    path = Path(bitstream_path)
+    problems = []
+    if not entry.built:
+        raise BitstreamMismatch(f"bitstream {entry.name!r} is marked unbuilt in the manifest: build it with the "
+                                f"recipe in bitstreams/{entry.recipe} and record its checksums first")
+    if board is not None and board.lower() != entry.board.lower():
+        problems.append(f"board: the manifest entry is for {entry.board!r}, this is {board!r}")
+    main_kind = ARTIFACTS[entry.flow][0]
+    files = {main_kind: path}
+    if entry.flow == "vivado":  # PYNQ loads the .hwh with the same stem beside the .bit
+        files["hwh"] = path.with_suffix(".hwh")
+    for kind, p in files.items():
+        want = entry.artifacts[kind].sha256
+        if not p.is_file():
+            problems.append(f"{kind}: file {p} not found")
+            continue
+        got = sha256_file(p)
+        if got != want:
+            problems.append(f"{kind}: sha256 of {p} is {got[:16]}..., the manifest says {want[:16]}... "
+                            "(a different or corrupted build)")
+    for key, have in (("program_format", entry.program_format), ("blob_format", entry.blob_format),
+                      ("lanes", entry.engine.lanes), ("group", entry.engine.group)):
+        got = _field(program_header, key)
+        if got is None:
+            problems.append(f"{key}: the program header does not state it")
+        elif int(got) != int(have):
+            what = "format version" if key.endswith("format") else "engine parameter"
+            problems.append(f"{key}: the program has {what} {got}, the bitstream {entry.name!r} was built for {have}")
+    if problems:
+        raise BitstreamMismatch(f"refusing to load bitstream {entry.name!r} ({path}):\n  " + "\n  ".join(problems))
+    return entry
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m accllm.hls.manifest", description="Edit bitstreams/manifest.json")
+    p.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("add", help="add (or replace) an unbuilt entry written by accllm.hls.bitstream_build")
+    a.add_argument("entry", type=Path)
+    r = sub.add_parser("record", help="after a real build: checksum an entry's artifacts and mark it built")
+    r.add_argument("name")
+    r.add_argument("--tool", default=None)
+    args = p.parse_args(argv)
+    m = load_manifest(args.manifest) if args.manifest.is_file() else Manifest()
+    if args.cmd == "add":
+        e = BitstreamEntry.model_validate_json(args.entry.read_text())
+        m.bitstreams = [x for x in m.bitstreams if x.name != e.name] + [e]
+    else:
+        e = record_build(m, args.name, args.manifest.parent, args.tool)
+        print(f"{e.name}: " + ", ".join(f"{k} sha256 {a.sha256}" for k, a in e.artifacts.items()))
+    print(f"wrote {save_manifest(m, args.manifest)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
