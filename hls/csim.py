@@ -1,0 +1,120 @@
+"""Bit-accurate C-simulation of the engine kernel: the generated HLS project compiled with g++ against
+hls4ml's bundled ``ap_types`` (from the installed package) into a shared library, driven through ctypes.
+
+Builds are cached by the sha256 of the sources and flags (``$ACCLLM_CACHE`` or ``~/.cache/accllm/csim``).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from accllm.hls import blob as blobfmt
+from accllm.hls import program as prog
+from accllm.hls.project import SOURCES
+
+CXXFLAGS = ["-O2", "-std=c++14", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-w"]
+
+
+def ap_types_dir() -> Path:
+    import hls4ml
+
+    d = Path(hls4ml.__file__).parent / "templates" / "vivado" / "ap_types"
+    if not (d / "ap_int.h").is_file():
+        raise FileNotFoundError(f"hls4ml's ap_types headers are not at {d}; is hls4ml installed?")
+    return d
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ACCLLM_CACHE", Path.home() / ".cache" / "accllm")) / "csim"
+
+
+def build_library(hls_dir, verbose: bool = False) -> Path:
+    """Compile ``hls_dir`` (a project written by the compiler) to a shared library; cached by content hash."""
+    hls_dir = Path(hls_dir)
+    files = [hls_dir / n for n in SOURCES if n.endswith((".h", ".cpp"))] + [hls_dir / "parameters.h"]
+    h = hashlib.sha256(" ".join(CXXFLAGS).encode())
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"HLS project file {f} is missing; run `accllm compile` again")
+        h.update(f.name.encode() + f.read_bytes())
+    lib = cache_dir() / f"accllm_csim_{h.hexdigest()[:16]}.so"
+    if lib.is_file():
+        return lib
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    tmp = lib.with_suffix(f".{os.getpid()}.tmp")
+    cmd = ["g++", *CXXFLAGS, "-I", str(hls_dir), "-I", str(ap_types_dir()), str(hls_dir / "accllm_top.cpp"),
+           str(hls_dir / "csim_api.cpp"), "-o", str(tmp)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"C-simulation build failed:\n{' '.join(cmd)}\n{r.stderr[-4000:]}")
+    os.replace(tmp, lib)
+    if verbose:
+        print(f"built {lib}")
+    return lib
+
+
+class CSim:
+    """The engine in C-simulation: ``step(token)`` runs the program once (one token) and returns logits."""
+
+    def __init__(self, build_dir):
+        build_dir = Path(build_dir)
+        self.meta, self.instrs, program = prog.read_program(build_dir / "program.bin")
+        bmeta, payload = blobfmt.read_blob(build_dir / "weights.blob")
+        from accllm.hls import container
+
+        prog.check_pair(self.meta, container.sha256(payload), build_dir / "program.bin", build_dir / "weights.blob")
+        self.lib = ctypes.CDLL(str(build_library(build_dir / "hls")))
+        self.lib.accllm_csim_step.restype = ctypes.c_int
+        self.lib.accllm_csim_trace_size.restype = ctypes.c_uint
+        d = self.meta["dims"]
+        self.vocab, self.layers = d["vocab"], d["layers"]
+        self.trace_size = int(self.lib.accllm_csim_trace_size())
+        if self.trace_size != self.meta["trace"]["_size"]:
+            raise ValueError("C-simulation library and program disagree on the trace layout; recompile")
+        self._program = np.frombuffer(program, np.uint8).copy()
+        self._blob = np.frombuffer(payload, np.uint8).copy()
+        self.kv = np.zeros(self.meta["kv_bytes"], np.uint8)
+        self.logits = np.zeros(self.vocab, np.float32)
+        self.trace = np.zeros(self.layers * self.trace_size, np.int32)
+        self.pos = 0
+
+    def reset(self) -> None:
+        self.kv[:] = 0
+        self.pos = 0
+
+    def step(self, token: int, trace: bool = False) -> np.ndarray:
+        if not 0 <= token < self.vocab:
+            raise ValueError(f"token id {token} outside the vocabulary [0, {self.vocab})")
+        if trace:
+            self.trace[:] = 0
+        p = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
+        self.lib.accllm_csim_step(p(self._program), ctypes.c_uint(len(self.instrs)), p(self._blob), p(self.kv),
+                                  ctypes.c_uint(token), ctypes.c_uint(self.pos), p(self.logits), p(self.trace),
+                                  ctypes.c_uint(int(trace)))
+        self.pos += 1
+        return self.logits.copy()
+
+    def layer_trace(self, layer: int) -> np.ndarray:
+        return self.trace[layer * self.trace_size:(layer + 1) * self.trace_size].astype(np.int64)
+
+    def generate(self, prompt: list[int], max_new: int, eos: int | None = None, on_token=None) -> list[int]:
+        if not prompt:
+            raise ValueError("empty prompt: give at least one token")
+        self.reset()
+        for t in prompt:
+            logits = self.step(t)
+        out = []
+        for _ in range(max_new):
+            t = int(np.argmax(logits))
+            out.append(t)
+            if on_token is not None:
+                on_token(t)
+            if eos is not None and t == eos:
+                break
+            logits = self.step(t)
+        return out

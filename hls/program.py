@@ -1,0 +1,86 @@
+"""The engine program (instruction stream): ONE definition, used by the compiler, the HLS kernel/C-sim and the runtime.
+
+Container: :mod:`accllm.hls.container` (magic ``ACLPROG``, versioned, sha256). Metadata: engine dimensions,
+engine parameters, ``blob_sha256`` (the program runs only on the blob it was compiled with), trace layout.
+Payload: ``n`` instructions of 32 bytes, little-endian::
+
+    uint8 op, uint8 mode, uint16 layer, uint32 arg[7]
+
+One program run computes one token at stream position ``pos`` (kernel arguments ``token``, ``pos``); the
+host never recompiles per token. Buffers are the kernel's on-chip float32 vectors (``BUF_*``). Offsets are
+byte offsets into the blob payload; ``NONE`` marks an absent trace slot.
+
+    op          mode            args
+    EMBED       -               dst, embed_off
+    RMSNORM     -               src, dst, weight_off, n
+    LINEAR      DENSE|SPARSE    src | dst << 8, beats_off, scales_off, N, K, act_trace, acc_trace
+    ATTENTION   -               q, k, v, dst, trace_off (of k_code; the attention fields follow in order),
+                                inv_freq_off
+    ADD         -               dst, src, n                     dst += src  (float32)
+    SILU_MUL    -               dst, src, n                     dst = silu(dst) * src
+    LMHEAD      -               src, embed_off
+    END
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from accllm.hls import container
+
+MAGIC = b"ACLPROG\0"
+VERSION = 1
+RECORD = struct.Struct("<BBH7I")
+NONE = 0xFFFFFFFF
+
+OP_END, OP_EMBED, OP_RMSNORM, OP_LINEAR, OP_ATTENTION, OP_ADD, OP_SILU_MUL, OP_LMHEAD = range(8)
+OP_NAMES = ["END", "EMBED", "RMSNORM", "LINEAR", "ATTENTION", "ADD", "SILU_MUL", "LMHEAD"]
+BUF_X, BUF_H, BUF_Q, BUF_K, BUF_V, BUF_O, BUF_G, BUF_U, BUF_Y = range(9)
+BUF_NAMES = ["X", "H", "Q", "K", "V", "O", "G", "U", "Y"]
+
+
+@dataclass
+class Instr:
+    op: int
+    mode: int = 0
+    layer: int = 0
+    args: tuple = ()
+
+    def pack(self) -> bytes:
+        a = list(self.args) + [0] * (7 - len(self.args))
+        return RECORD.pack(self.op, self.mode, self.layer, *a)
+
+    def __str__(self) -> str:
+        return f"{OP_NAMES[self.op]:<9} mode={self.mode} layer={self.layer} args={list(self.args)}"
+
+
+def linear(mode, layer, src, dst, beats_off, scales_off, n, k, act_trace=NONE, acc_trace=NONE) -> Instr:
+    return Instr(OP_LINEAR, mode, layer, (src | dst << 8, beats_off, scales_off, n, k, act_trace, acc_trace))
+
+
+def write_program(path, instrs: list[Instr], meta: dict) -> str:
+    payload = b"".join(i.pack() for i in instrs)
+    container.write(path, MAGIC, VERSION, dict(meta, instructions=len(instrs)), payload)
+    return container.sha256(payload)
+
+
+def read_program(path) -> tuple[dict, list[Instr], bytes]:
+    meta, payload = container.read(path, MAGIC, VERSION, "engine program")
+    if len(payload) % RECORD.size:
+        raise ValueError(f"{path}: program payload of {len(payload)} bytes is not a whole number of {RECORD.size}-byte instructions")
+    instrs = []
+    for off in range(0, len(payload), RECORD.size):
+        op, mode, layer, *args = RECORD.unpack_from(payload, off)
+        if op >= len(OP_NAMES):
+            raise ValueError(f"{path}: instruction {off // RECORD.size} has unknown opcode {op}")
+        instrs.append(Instr(op, mode, layer, tuple(args)))
+    if not instrs or instrs[-1].op != OP_END:
+        raise ValueError(f"{path}: program does not end with END")
+    return meta, instrs, payload
+
+
+def check_pair(prog_meta: dict, blob_sha: str, prog_path="program", blob_path="blob") -> None:
+    """Refuse a program compiled for another blob."""
+    if prog_meta.get("blob_sha256") != blob_sha:
+        raise ValueError(f"{prog_path} was compiled for a different weight blob than {blob_path} "
+                         f"(sha256 {str(prog_meta.get('blob_sha256'))[:12]}… vs {blob_sha[:12]}…); recompile")

@@ -1,0 +1,364 @@
+// accllm engine kernels: templated on a config struct (see the generated parameters.h), never generated.
+// Arithmetic follows accllm.sim.golden (the golden model) operation for operation; the integer core follows
+// accllm.sim.golden_core and its stream format accllm.sim.core_stream. Compile without -ffast-math and with
+// -ffp-contract=off: float results must be the IEEE results of exactly these operations.
+#ifndef ACCLLM_KERNEL_H
+#define ACCLLM_KERNEL_H
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "ap_int.h"
+#include "hls_stream.h"
+
+namespace accllm {
+
+enum Op { OP_END = 0, OP_EMBED, OP_RMSNORM, OP_LINEAR, OP_ATTENTION, OP_ADD, OP_SILU_MUL, OP_LMHEAD };
+enum Mode { MODE_DENSE = 0, MODE_SPARSE = 1, MODE_QK = 2, MODE_PV = 3 };
+static const unsigned NONE = 0xFFFFFFFFu;
+static const unsigned NUM_BUFS = 9;
+
+struct engine_config {
+    typedef ap_int<8> act_t;       // int8 activations, queries, probabilities
+    typedef ap_uint<2> wcode_t;    // W2 codes and zero points
+    typedef ap_uint<4> kvcode_t;   // KV4 codes and zero points
+    typedef ap_int<32> accum_t;    // core accumulator (cannot overflow for reductions <= 2^16)
+    static constexpr float act_min_scale = 1e-4f;
+};
+
+template <unsigned L> struct beat_t { uint8_t b[L]; };
+
+inline uint32_t rd_u32(const uint8_t *p) { return p[0] | (p[1] << 8) | (p[2] << 16) | ((uint32_t)p[3] << 24); }
+inline float rd_f32(const uint8_t *p) { float f; std::memcpy(&f, p, 4); return f; }
+inline void wr_f32(uint8_t *p, float f) { std::memcpy(p, &f, 4); }
+
+inline float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
+    if (exp == 0) {
+        if (man == 0) bits = sign;
+        else {  // subnormal half -> normal float
+            int e = -1;
+            do { man <<= 1; e++; } while (!(man & 0x400));
+            bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3FF) << 13);
+        }
+    } else if (exp == 31) bits = sign | 0x7F800000u | (man << 13);
+    else bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    float f; std::memcpy(&f, &bits, 4);
+    return f;
+}
+
+// ---------------------------------------------------------------- quantisers (accllm.quant.checkpoint)
+
+// Per-row symmetric int8: s = max(absmax, 1e-4) / 128, a = clamp(round_half_even(x / s), -128, 127).
+template <class CFG> float act_quant(const float *x, unsigned n, typename CFG::act_t *a) {
+    float m = 0.0f;
+    for (unsigned i = 0; i < n; i++) { float v = std::fabs(x[i]); if (v > m) m = v; }
+    float s = std::fmax(m, CFG::act_min_scale) / 128.0f;
+    for (unsigned i = 0; i < n; i++) {
+        float r = std::nearbyint(x[i] / s);
+        a[i] = (int)(r < -128.0f ? -128.0f : (r > 127.0f ? 127.0f : r));
+    }
+    return s;
+}
+
+// Per-row asymmetric uint4: lo = min(min x, 0), hi = max(max x, 0), s = max(hi - lo, 1e-4) / 15,
+// z = clamp(round(-lo / s), 0, 15), c = clamp(round(x / s + z), 0, 15).
+template <class CFG> float kv_quant(const float *x, unsigned n, uint8_t *codes, uint8_t *zero) {
+    float lo = x[0], hi = x[0];
+    for (unsigned i = 1; i < n; i++) { if (x[i] < lo) lo = x[i]; if (x[i] > hi) hi = x[i]; }
+    lo = std::fmin(lo, 0.0f); hi = std::fmax(hi, 0.0f);
+    float s = std::fmax(hi - lo, CFG::act_min_scale) / 15.0f;
+    float z = std::nearbyint(-lo / s);
+    z = z < 0.0f ? 0.0f : (z > 15.0f ? 15.0f : z);
+    for (unsigned i = 0; i < n; i++) {
+        float c = std::nearbyint(x[i] / s + z);
+        codes[i] = (uint8_t)(c < 0.0f ? 0.0f : (c > 15.0f ? 15.0f : c));
+    }
+    *zero = (uint8_t)z;
+    return s;
+}
+
+// ---------------------------------------------------------------- non-linear units (float32, fixed order)
+
+template <class CFG> void rmsnorm(const float *x, const float *w, float *y) {
+    double ss = 0.0;
+    for (unsigned i = 0; i < CFG::hidden; i++) ss += (double)x[i] * (double)x[i];
+    float var = (float)(ss / CFG::hidden);
+    float inv = (float)(1.0 / std::sqrt((double)var + CFG::eps));
+    for (unsigned i = 0; i < CFG::hidden; i++) y[i] = (x[i] * inv) * w[i];
+}
+
+// HF rotate_half convention over one head of D values.
+template <class CFG> void rope(const float *x, float *y, const float *inv_freq, unsigned pos) {
+    const unsigned h = CFG::head_dim / 2;
+    for (unsigned j = 0; j < h; j++) {
+        double ang = (double)pos * (double)inv_freq[j];
+        float c = (float)std::cos(ang), s = (float)std::sin(ang);
+        float a = x[j], b = x[j + h];
+        y[j] = a * c - b * s;
+        y[j + h] = b * c + a * s;
+    }
+}
+
+template <class CFG> void softmax(const float *s, float *p, unsigned n) {
+    float m = s[0];
+    for (unsigned t = 1; t < n; t++) if (s[t] > m) m = s[t];
+    double sum = 0.0;
+    for (unsigned t = 0; t < n; t++) { p[t] = (float)std::exp((double)(s[t] - m)); sum += (double)p[t]; }
+    for (unsigned t = 0; t < n; t++) p[t] = (float)((double)p[t] / sum);
+}
+
+template <class CFG> void silu_mul(float *g, const float *u, unsigned n) {
+    for (unsigned i = 0; i < n; i++) {
+        float sig = (float)(1.0 / (1.0 + std::exp(-(double)g[i])));
+        g[i] = (g[i] * sig) * u[i];
+    }
+}
+
+// ---------------------------------------------------------------- linear: load -> integer core -> dequant
+
+template <class CFG> void load_beats(const uint8_t *beats, unsigned count, hls::stream<beat_t<CFG::lanes> > &out) {
+    for (unsigned i = 0; i < count; i++) {
+#pragma HLS PIPELINE II = 1
+        beat_t<CFG::lanes> bt;
+        std::memcpy(bt.b, beats + (size_t)i * CFG::lanes, CFG::lanes);
+        out.write(bt);
+    }
+}
+
+// Integer core, W2 modes (DENSE / SPARSE), one accumulator per (row, group) (accllm.sim.golden_core).
+template <class CFG> void core_w2a8(const typename CFG::act_t *a, hls::stream<beat_t<CFG::lanes> > &in,
+                                   hls::stream<typename CFG::accum_t> &out, unsigned n, unsigned k, unsigned mode) {
+    const unsigned L = CFG::lanes;
+    const unsigned per_beat = mode == MODE_SPARSE ? 2 * L : L;
+    const unsigned beats_per_group = CFG::group / per_beat;
+    for (unsigned row = 0; row < n; row++) {
+        for (unsigned g = 0; g < k / CFG::group; g++) {
+            typename CFG::accum_t acc = 0;
+            for (unsigned bi = 0; bi < beats_per_group; bi++) {
+#pragma HLS PIPELINE II = 1
+                beat_t<L> bt = in.read();
+                const unsigned base = g * CFG::group + bi * per_beat;
+                if (mode == MODE_SPARSE) {
+                    ap_uint<2> z = bt.b[L / 2] & 3;
+                    for (unsigned l = 0; l < L; l++) {
+#pragma HLS UNROLL
+                        ap_uint<2> c = (bt.b[l / 4] >> (2 * (l % 4))) & 3;
+                        ap_uint<2> p = (bt.b[L / 4 + l / 4] >> (2 * (l % 4))) & 3;
+                        ap_int<3> wv = (ap_int<3>)c - (ap_int<3>)z;
+                        acc += a[base + 4 * (l / 2) + p] * wv;
+                    }
+                } else {
+                    ap_uint<2> z = bt.b[L / 4] & 3;
+                    for (unsigned l = 0; l < L; l++) {
+#pragma HLS UNROLL
+                        ap_uint<2> c = (bt.b[l / 4] >> (2 * (l % 4))) & 3;
+                        ap_int<3> wv = (ap_int<3>)c - (ap_int<3>)z;
+                        acc += a[base + l] * wv;
+                    }
+                }
+            }
+            out.write(acc);
+        }
+    }
+}
+
+// Group-wise dequantisation: y[n] = float32(sum_g double(acc[n,g]) * double(s_w[n,g])) * s_x.
+template <class CFG> void dequant(hls::stream<typename CFG::accum_t> &in, const uint8_t *scales, float sx, float *y,
+                                  unsigned n, unsigned groups, int32_t *tr_acc) {
+    for (unsigned row = 0; row < n; row++) {
+        double sum = 0.0;
+        for (unsigned g = 0; g < groups; g++) {
+#pragma HLS PIPELINE II = 1
+            typename CFG::accum_t acc = in.read();
+            if (tr_acc) tr_acc[row * groups + g] = (int32_t)acc.to_int();
+            sum += (double)acc.to_int() * (double)rd_f32(scales + 4 * ((size_t)row * groups + g));
+        }
+        y[row] = (float)sum * sx;
+    }
+}
+
+template <class CFG> void linear_dataflow(const typename CFG::act_t *a, float sx, const uint8_t *beats,
+                                          const uint8_t *scales, float *y, unsigned n, unsigned k, unsigned mode,
+                                          int32_t *tr_acc) {
+#pragma HLS DATAFLOW
+    hls::stream<beat_t<CFG::lanes> > bs("beats");
+    hls::stream<typename CFG::accum_t> accs("accumulators");
+#pragma HLS STREAM variable = bs depth = 4
+#pragma HLS STREAM variable = accs depth = 4
+    const unsigned per_beat = mode == MODE_SPARSE ? 2 * CFG::lanes : CFG::lanes;
+    load_beats<CFG>(beats, n * (k / per_beat), bs);
+    core_w2a8<CFG>(a, bs, accs, n, k, mode);
+    dequant<CFG>(accs, scales, sx, y, n, k / CFG::group, tr_acc);
+}
+
+template <class CFG> void linear(const float *x, float *y, const uint8_t *beats, const uint8_t *scales, unsigned n,
+                                 unsigned k, unsigned mode, int32_t *tr_act, int32_t *tr_acc) {
+    typename CFG::act_t a[CFG::max_vec];
+    float sx = act_quant<CFG>(x, k, a);
+    if (tr_act) for (unsigned i = 0; i < k; i++) tr_act[i] = a[i].to_int();
+    linear_dataflow<CFG>(a, sx, beats, scales, y, n, k, mode, tr_acc);
+}
+
+// ---------------------------------------------------------------- Λ attention with the KV4 cache
+
+// Packed slot (accllm.sim.kv_layout): D/2 bytes of codes (even index low nibble), float32 scale, uint8 zero.
+template <class CFG> uint8_t *kv_slot(uint8_t *kv, unsigned layer, unsigned tensor, unsigned head, unsigned slot) {
+    const size_t slot_bytes = CFG::head_dim / 2 + 5;
+    return kv + ((((size_t)layer * 2 + tensor) * CFG::kv_heads + head) * CFG::slots + slot) * slot_bytes;
+}
+
+template <class CFG> void kv_store(uint8_t *p, const uint8_t *codes, float s, uint8_t z) {
+    for (unsigned i = 0; i < CFG::head_dim / 2; i++) p[i] = codes[2 * i] | (codes[2 * i + 1] << 4);
+    wr_f32(p + CFG::head_dim / 2, s);
+    p[CFG::head_dim / 2 + 4] = z;
+}
+
+template <class CFG> void kv_load(const uint8_t *p, uint8_t *codes, float *s, uint8_t *z) {
+    for (unsigned i = 0; i < CFG::head_dim / 2; i++) { codes[2 * i] = p[i] & 15; codes[2 * i + 1] = p[i] >> 4; }
+    *s = rd_f32(p + CFG::head_dim / 2);
+    *z = p[CFG::head_dim / 2 + 4];
+}
+
+// Integer core, QK mode: acc = sum_d q[d] * (k[d] - kz).
+template <class CFG> typename CFG::accum_t core_qk(const typename CFG::act_t *q, const uint8_t *k, uint8_t kz) {
+    typename CFG::accum_t acc = 0;
+    for (unsigned d = 0; d < CFG::head_dim; d++) {
+#pragma HLS UNROLL factor = CFG::lanes
+        acc += q[d] * ((ap_int<5>)(typename CFG::kvcode_t)k[d] - (ap_int<5>)(typename CFG::kvcode_t)kz);
+    }
+    return acc;
+}
+
+template <class CFG> void attention(unsigned layer, unsigned pos, const float *q, const float *k, const float *v,
+                                    float *out, uint8_t *kv, const float *inv_freq, int32_t *tr) {
+    typedef typename CFG::act_t act_t;
+    const unsigned D = CFG::head_dim, H = CFG::heads, KVH = CFG::kv_heads, S = CFG::slots, G = H / KVH;
+    int32_t *tr_kc = 0, *tr_kz = 0, *tr_vc = 0, *tr_vz = 0, *tr_qa = 0, *tr_qs = 0, *tr_qk = 0, *tr_p = 0, *tr_pv = 0;
+    if (tr) {  // field order of accllm.sim.golden.trace_fields, starting at k_code
+        tr_kc = tr; tr_kz = tr_kc + KVH * D; tr_vc = tr_kz + KVH; tr_vz = tr_vc + KVH * D; tr_qa = tr_vz + KVH;
+        tr_qs = tr_qa + H * D; tr_qk = tr_qs + H * D; tr_p = tr_qk + H * S; tr_pv = tr_p + H * S;
+    }
+    const unsigned slot = pos < CFG::sinks ? pos : CFG::sinks + (pos - CFG::sinks) % CFG::window;
+    float rot[CFG::head_dim];
+    uint8_t codes[CFG::head_dim], z;
+    for (unsigned h = 0; h < KVH; h++) {
+        rope<CFG>(k + h * D, rot, inv_freq, pos);
+        float s = kv_quant<CFG>(rot, D, codes, &z);
+        kv_store<CFG>(kv_slot<CFG>(kv, layer, 0, h, slot), codes, s, z);
+        if (tr) { for (unsigned d = 0; d < D; d++) tr_kc[h * D + d] = codes[d]; tr_kz[h] = z; }
+        s = kv_quant<CFG>(v + h * D, D, codes, &z);
+        kv_store<CFG>(kv_slot<CFG>(kv, layer, 1, h, slot), codes, s, z);
+        if (tr) { for (unsigned d = 0; d < D; d++) tr_vc[h * D + d] = codes[d]; tr_vz[h] = z; }
+    }
+    const unsigned n = pos + 1 < S ? pos + 1 : S;
+    const bool sink_rot = CFG::sink_rotation && CFG::sinks > 0 && pos > S - 1;
+    static act_t qa[CFG::heads][CFG::head_dim], qs[CFG::heads][CFG::head_dim];
+    float sq[CFG::heads], sqs[CFG::heads];
+    for (unsigned h = 0; h < H; h++) {
+        rope<CFG>(q + h * D, rot, inv_freq, pos);
+        sq[h] = act_quant<CFG>(rot, D, qa[h]);
+        if (tr) for (unsigned d = 0; d < D; d++) tr_qa[h * D + d] = qa[h][d].to_int();
+        if (sink_rot) {
+            rope<CFG>(q + h * D, rot, inv_freq, S - 1);
+            sqs[h] = act_quant<CFG>(rot, D, qs[h]);
+            if (tr) for (unsigned d = 0; d < D; d++) tr_qs[h * D + d] = qs[h][d].to_int();
+        }
+    }
+    static uint8_t kc[CFG::slots][CFG::head_dim], vc[CFG::slots][CFG::head_dim];
+    float ks[CFG::slots], vs[CFG::slots], score[CFG::slots], p[CFG::slots];
+    uint8_t kz[CFG::slots], vz[CFG::slots];
+    act_t pa[CFG::slots];
+    for (unsigned kvh = 0; kvh < KVH; kvh++) {
+        for (unsigned t = 0; t < n; t++) {
+            kv_load<CFG>(kv_slot<CFG>(kv, layer, 0, kvh, t), kc[t], &ks[t], &kz[t]);
+            kv_load<CFG>(kv_slot<CFG>(kv, layer, 1, kvh, t), vc[t], &vs[t], &vz[t]);
+        }
+        for (unsigned h = kvh * G; h < (kvh + 1) * G; h++) {
+            for (unsigned t = 0; t < n; t++) {
+                const bool sink = sink_rot && t < CFG::sinks;
+                typename CFG::accum_t acc = core_qk<CFG>(sink ? qs[h] : qa[h], kc[t], kz[t]);
+                if (tr) tr_qk[h * S + t] = acc.to_int();
+                score[t] = (((float)acc.to_int() * (sink ? sqs[h] : sq[h])) * ks[t]) * CFG::scaling;
+            }
+            softmax<CFG>(score, p, n);
+            for (unsigned t = 0; t < n; t++) p[t] = p[t] * vs[t];  // V scale folded into p (engine PV mode)
+            float sp = act_quant<CFG>(p, n, pa);
+            if (tr) for (unsigned t = 0; t < n; t++) tr_p[h * S + t] = pa[t].to_int();
+            for (unsigned d = 0; d < D; d++) {  // integer core, PV mode: acc = sum_t p[t] * (v[t,d] - vz[t])
+                typename CFG::accum_t acc = 0;
+                for (unsigned t = 0; t < n; t++) {
+#pragma HLS PIPELINE II = 1
+                    acc += pa[t] * ((ap_int<5>)(typename CFG::kvcode_t)vc[t][d] - (ap_int<5>)(typename CFG::kvcode_t)vz[t]);
+                }
+                if (tr) tr_pv[h * D + d] = acc.to_int();
+                out[h * D + d] = (float)acc.to_int() * sp;
+            }
+        }
+    }
+}
+
+template <class CFG> void lm_head(const float *h, const uint8_t *embed, float *logits) {
+    for (unsigned vtok = 0; vtok < CFG::vocab; vtok++) {
+        const uint8_t *row = embed + (size_t)vtok * CFG::hidden * 2;
+        double sum = 0.0;
+        for (unsigned i = 0; i < CFG::hidden; i++) {
+#pragma HLS PIPELINE II = 1
+            sum += (double)h[i] * (double)half_to_float(row[2 * i] | (row[2 * i + 1] << 8));
+        }
+        logits[vtok] = (float)sum;
+    }
+}
+
+// ---------------------------------------------------------------- the program interpreter
+
+template <class CFG> void run_program(const uint8_t *program, unsigned n_instr, const uint8_t *blob, uint8_t *kv,
+                                      unsigned token, unsigned pos, float *logits, int32_t *trace, bool trace_en) {
+    static float buf[NUM_BUFS][CFG::max_vec];
+    float inv_freq[CFG::head_dim / 2];
+    for (unsigned pc = 0; pc < n_instr; pc++) {
+        const uint8_t *r = program + 32 * pc;
+        const unsigned op = r[0], mode = r[1], layer = r[2] | (r[3] << 8);
+        uint32_t a[7];
+        for (unsigned i = 0; i < 7; i++) a[i] = rd_u32(r + 4 + 4 * i);
+        int32_t *tl = trace_en ? trace + (size_t)layer * CFG::trace_size : 0;
+        switch (op) {
+        case OP_EMBED:
+            for (unsigned i = 0; i < CFG::hidden; i++) {
+                const uint8_t *e = blob + a[1] + ((size_t)token * CFG::hidden + i) * 2;
+                buf[a[0]][i] = half_to_float(e[0] | (e[1] << 8));
+            }
+            break;
+        case OP_RMSNORM: {
+            float w[CFG::hidden];
+            for (unsigned i = 0; i < CFG::hidden; i++) w[i] = rd_f32(blob + a[2] + 4 * i);
+            rmsnorm<CFG>(buf[a[0]], w, buf[a[1]]);
+            break;
+        }
+        case OP_LINEAR:
+            linear<CFG>(buf[a[0] & 0xFF], buf[(a[0] >> 8) & 0xFF], blob + a[1], blob + a[2], a[3], a[4], mode,
+                        tl && a[5] != NONE ? tl + a[5] : 0, tl && a[6] != NONE ? tl + a[6] : 0);
+            break;
+        case OP_ATTENTION:
+            for (unsigned j = 0; j < CFG::head_dim / 2; j++) inv_freq[j] = rd_f32(blob + a[5] + 4 * j);
+            attention<CFG>(layer, pos, buf[a[0]], buf[a[1]], buf[a[2]], buf[a[3]], kv, inv_freq, tl ? tl + a[4] : 0);
+            break;
+        case OP_ADD:
+            for (unsigned i = 0; i < a[2]; i++) buf[a[0]][i] = buf[a[0]][i] + buf[a[1]][i];
+            break;
+        case OP_SILU_MUL:
+            silu_mul<CFG>(buf[a[0]], buf[a[1]], a[2]);
+            break;
+        case OP_LMHEAD:
+            lm_head<CFG>(buf[a[0]], blob + a[1], logits);
+            break;
+        default:
+            return;  // OP_END
+        }
+    }
+}
+
+}  // namespace accllm
+
+#endif

@@ -1,0 +1,33 @@
+"""Shared, disk-cached artefacts of the middle of the flow for the golden/export/compile/csim tests."""
+from __future__ import annotations
+
+from pathlib import Path
+
+# The compressed bundled model (issue 3); without it the tests compress the bundled model quickly (RTN).
+BUNDLED_COMPRESSED = Path(__file__).resolve().parents[1] / "quant" / "bundled" / "tiny-llama-w2a8kv4"
+
+PROMPTS = ["def main(args):", "import numpy as np\n", "class Model(nn.Module):", "for i in range(10):",
+           "The function returns", "if __name__ ==", "# compute the mean of", "return self.", "x = torch.",
+           "while True:", "try:\n    ", "print(", "with open(path) as f:", "self.assertEqual(",
+           "def __init__(self,", "raise ValueError(", "from typing import", "lambda x:", "@property\ndef",
+           "async def fetch("]
+
+
+def flow_paths(tmp_path_factory):
+    from accllm.hls.flow import export_and_compile, quick_checkpoint
+
+    root = tmp_path_factory.getbasetemp() / "accllm_flow"
+    ckpt = BUNDLED_COMPRESSED if (BUNDLED_COMPRESSED / "compression.json").is_file() else quick_checkpoint(root / "ckpt")
+    onnx_dir, build = export_and_compile(ckpt, root)
+    return ckpt, onnx_dir, build
+
+
+def one_thread():
+    """Generator for an autouse fixture: the golden model runs thousands of tiny torch ops per token, which
+    intra-op threads only slow down (badly so on a shared 2-core machine)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

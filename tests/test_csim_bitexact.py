@@ -1,0 +1,105 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from flow_fixtures import PROMPTS, flow_paths, one_thread
+
+
+_one_thread = pytest.fixture(autouse=True)(one_thread)
+
+
+@pytest.fixture(scope="session")
+def flow(tmp_path_factory):
+    return flow_paths(tmp_path_factory)
+
+
+def _compare(golden, csim, tokens):
+    """Integer trace mismatches (every layer, every token) and max |logit| difference."""
+    from accllm.sim.golden import flatten_trace
+
+    golden.reset()
+    csim.reset()
+    mism, total, dlogit = 0, 0, 0.0
+    for t in tokens:
+        tr = []
+        lg = golden.step(t, tr)
+        lc = csim.step(t, trace=True)
+        for layer, tl in enumerate(tr):
+            a, b = flatten_trace(golden.d, tl).numpy(), csim.layer_trace(layer)
+            mism += int((a != b).sum())
+            total += a.size
+        dlogit = max(dlogit, float(np.abs(lg.numpy() - lc).max()))
+    return mism, total, dlogit
+
+
+def test_csim_bit_exact_with_golden_every_layer(flow):
+    from transformers import AutoTokenizer
+
+    from accllm.hls.csim import CSim
+    from accllm.sim.golden import GoldenModel
+
+    ckpt, _, build = flow
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    ids = tok.encode(PROMPTS[0]) + [7, 100, 2000]
+    mism, total, dlogit = _compare(GoldenModel.load(ckpt), CSim(build), ids)
+    assert total > 0 and mism == 0
+    assert dlogit < 1e-4  # lm_head float64 dot products; measured ~2e-6 on logits of magnitude ~10
+
+
+def test_csim_bit_exact_through_ring_wrap_and_sink_rotation(flow, tmp_path):
+    """A Λ cache of 2 sinks + 6 window slots, run for 20 tokens: the ring wraps and sink keys get the re-rotated query."""
+    from accllm.hls.compiler import compile_export, weights_from_export
+    from accllm.hls.csim import CSim
+    from accllm.sim.golden import GoldenModel
+
+    _, onnx_dir, _ = flow
+    small = tmp_path / "onnx"
+    shutil.copytree(onnx_dir, small)
+    m = json.loads((small / "model.json").read_text())
+    m["dims"].update(sinks=2, window=6)
+    (small / "model.json").write_text(json.dumps(m))
+    compile_export(small, tmp_path / "build", progress=False)
+    g = GoldenModel(weights_from_export(small, progress=False))
+    mism, total, _ = _compare(g, CSim(tmp_path / "build"), list(range(3, 23)))
+    assert total > 0 and mism == 0
+
+
+def _same_tokens(flow, prompts, new):
+    from transformers import AutoTokenizer
+
+    from accllm.hls.csim import CSim
+    from accllm.sim.golden import GoldenModel
+
+    ckpt, _, build = flow
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    g, c = GoldenModel.load(ckpt), CSim(build)
+    return sum(g.generate(tok.encode(p), new) == c.generate(tok.encode(p), new) for p in prompts)
+
+
+def test_csim_same_tokens_as_golden(flow):
+    assert _same_tokens(flow, PROMPTS[:3], 10) == 3
+
+
+@pytest.mark.slow
+def test_csim_same_tokens_as_golden_20_prompts(flow):
+    assert _same_tokens(flow, PROMPTS, 20) == len(PROMPTS)
+
+
+def test_csim_refuses_program_for_other_blob(flow, tmp_path):
+    from accllm.hls.csim import CSim
+
+    _, _, build = flow
+    other = tmp_path / "b"
+    shutil.copytree(build, other)
+    from accllm.hls import blob
+
+    meta, payload = blob.read_blob(other / "weights.blob")
+    p = bytearray(payload)
+    p[100] ^= 1
+    from accllm.hls import container
+
+    container.write(other / "weights.blob", blob.MAGIC, blob.VERSION, meta, bytes(p))
+    with pytest.raises(ValueError, match="different weight blob"):
+        CSim(other)
