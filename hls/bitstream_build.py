@@ -242,12 +242,9 @@ def manifest_entry(top: HlsTop, board: Board, lanes: int, group: int, cores: int
 
 def format_versions() -> tuple[int, int]:
     """(program format, blob format) version numbers as the compiler defines them."""
-    try:
-        from accllm.hls import program  # the compiler's one definition of the formats
-    except ImportError:
-        raise FileNotFoundError("the compiler's format module accllm.hls.program is not installed: the manifest entry "
-                                "needs its PROGRAM_VERSION and BLOB_VERSION") from None
-    return int(program.PROGRAM_VERSION), int(program.BLOB_VERSION)
+    from accllm.hls import blob, program  # the compiler's one definition of the formats
+
+    return int(program.VERSION), int(blob.VERSION)
 
 
 def generate(board_name: str, out: Path, lanes: int = 16, group: int = 32, cores: int = 1) -> dict[str, Path]:

@@ -41,12 +41,6 @@ SUPPORTED_OPS = {
     "Or": "Λ mask", "Not": "Λ mask",
 }
 
-TARGETS = {  # board -> FPGA part, default clock (ns)
-    "kv260": ("xck26-sfvc784-2LV-c", 5.0),
-    "zcu104": ("xczu7ev-ffvc1156-2-e", 5.0),
-    "pynq-z2": ("xc7z020clg400-1", 10.0),
-    "u280": ("xcu280-fsvh2892-2L-e", 4.444),
-}
 DEFAULT_LANES = 16
 
 
@@ -222,14 +216,15 @@ def compile_export(export_path, out_dir, target: str = "kv260", lanes: int = DEF
                    progress: bool = True) -> CompileResult:
     from accllm.hls import project
 
-    if target not in TARGETS:
-        raise ValueError(f"unknown target board {target!r}; choose one of {', '.join(TARGETS)}")
+    from accllm.sim.perf import get_board
+
+    board = get_board(target)  # the one board table; raises naming the known boards
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     w = weights_from_export(export_path, progress)
     instrs, bw = build_program(w, lanes)
-    engine = {"lanes": lanes, "target": target, "part": TARGETS[target][0], "clock_ns": TARGETS[target][1]}
+    engine = {"lanes": lanes, "target": target, "part": board.part, "clock_ns": round(1000.0 / board.clock_mhz, 3)}
     meta = {"dims": w.dims.to_json(), "engine": engine, "kv_bytes": w.dims.kv_layout().nbytes}
     blob_path = out_dir / "weights.blob"
     sha = bw.write(blob_path, meta)
@@ -265,6 +260,6 @@ def register(sub):
     p = sub.add_parser("compile", help="compile an exported model to an engine program, weight blob and HLS project")
     p.add_argument("model", help="export directory (or its model.json / a layer .onnx) from `accllm export`")
     p.add_argument("-o", "--out", type=Path, required=True, help="build directory")
-    p.add_argument("--target", default="kv260", help=f"board: {', '.join(TARGETS)}")
+    p.add_argument("--target", default="kv260", help="board from sim/data/boards.json (kv260, zcu104, u280)")
     p.add_argument("--lanes", type=int, default=DEFAULT_LANES, help="integer core lanes (multipliers)")
     p.set_defaults(func=compile_command)

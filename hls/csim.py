@@ -118,3 +118,23 @@ class CSim:
                 break
             logits = self.step(t)
         return out
+
+
+def compare_with_golden(golden, csim: CSim, tokens: list[int]) -> dict:
+    """Feed ``tokens`` to both from a reset: integer trace mismatches over every layer and token, and the
+    largest logit difference (the float post-processing)."""
+    from accllm.sim.golden import flatten_trace
+
+    golden.reset()
+    csim.reset()
+    mism, total, dlogit = 0, 0, 0.0
+    for t in tokens:
+        tr = []
+        lg = golden.step(t, tr)
+        lc = csim.step(t, trace=True)
+        for layer, tl in enumerate(tr):
+            a, b = flatten_trace(golden.d, tl).numpy(), csim.layer_trace(layer)
+            mism += int((a != b).sum())
+            total += a.size
+        dlogit = max(dlogit, float(np.abs(lg.numpy() - lc).max()))
+    return {"integer_mismatches": mism, "integers_compared": total, "max_logit_diff": dlogit}

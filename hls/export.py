@@ -169,3 +169,20 @@ def read_manifest(path) -> tuple[Path, dict]:
     if manifest.get("format") != EXPORT_FORMAT:
         raise ValueError(f"{mf}: format {manifest.get('format')!r}, expected {EXPORT_FORMAT!r}")
     return d, manifest
+
+
+def onnx_vs_torch(onnx_dir, model, layer: int, tokens: int = 16, seed: int = 1) -> tuple[float, float]:
+    """Run exported ``layer`` with the qonnx executor and the torch layer on the same fresh inputs:
+    returns (max abs difference, max abs torch output)."""
+    import numpy as np
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    args = layer_inputs(model, tokens, seed=seed)  # other inputs than the export trace used
+    with torch.no_grad():
+        ref = DecoderLayerGraph(model.model.layers[layer])(*args).numpy()
+    mw = ModelWrapper(str(Path(onnx_dir) / f"layer{layer:02d}.onnx")).transform(InferShapes())
+    out = execute_onnx(mw, {n: a.numpy() for n, a in zip(["hidden", "cos", "sin", "position_ids"], args)})
+    out = out[mw.graph.output[0].name]
+    return float(np.abs(out - ref).max()), float(np.abs(ref).max())

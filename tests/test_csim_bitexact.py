@@ -16,22 +16,10 @@ def flow(tmp_path_factory):
 
 
 def _compare(golden, csim, tokens):
-    """Integer trace mismatches (every layer, every token) and max |logit| difference."""
-    from accllm.sim.golden import flatten_trace
+    from accllm.hls.csim import compare_with_golden
 
-    golden.reset()
-    csim.reset()
-    mism, total, dlogit = 0, 0, 0.0
-    for t in tokens:
-        tr = []
-        lg = golden.step(t, tr)
-        lc = csim.step(t, trace=True)
-        for layer, tl in enumerate(tr):
-            a, b = flatten_trace(golden.d, tl).numpy(), csim.layer_trace(layer)
-            mism += int((a != b).sum())
-            total += a.size
-        dlogit = max(dlogit, float(np.abs(lg.numpy() - lc).max()))
-    return mism, total, dlogit
+    r = compare_with_golden(golden, csim, tokens)
+    return r["integer_mismatches"], r["integers_compared"], r["max_logit_diff"]
 
 
 def test_csim_bit_exact_with_golden_every_layer(flow):

@@ -15,21 +15,10 @@ def flow(tmp_path_factory):
 
 
 def _onnx_vs_torch(onnx_dir, ckpt, layer):
-    from qonnx.core.modelwrapper import ModelWrapper
-    from qonnx.core.onnx_exec import execute_onnx
-    from qonnx.transformation.infer_shapes import InferShapes
-
-    from accllm.hls.export import DecoderLayerGraph, layer_inputs
+    from accllm.hls.export import onnx_vs_torch
     from accllm.quant.checkpoint import load_compressed
 
-    model, _, _ = load_compressed(ckpt)
-    args = layer_inputs(model, 16, seed=1)  # other inputs than the export trace used
-    with torch.no_grad():
-        ref = DecoderLayerGraph(model.model.layers[layer])(*args).numpy()
-    mw = ModelWrapper(str(onnx_dir / f"layer{layer:02d}.onnx")).transform(InferShapes())
-    out = execute_onnx(mw, {n: a.numpy() for n, a in zip(["hidden", "cos", "sin", "position_ids"], args)})
-    out = out[mw.graph.output[0].name]
-    return float(np.abs(out - ref).max()), float(np.abs(ref).max())
+    return onnx_vs_torch(onnx_dir, load_compressed(ckpt)[0], layer)
 
 
 def test_exported_layers_pass_onnx_checker(flow):
