@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from accllm.quant import attention as attn
+from accllm.quant.checkpoint import round_dense_to_fp16
 from accllm.quant.prune import DECODER_LINEARS, apply_masks, decoder_linears, prune_2to4
 
 WEIGHT_BITS = (2, 3, 4, 8)
@@ -43,6 +44,8 @@ class CompressionSettings:
     calib_seqlen: int = 256
     qat_steps: int = 0
     qat_lr: float = 1e-4
+    qat_batch: int = 16
+    qat_seconds: float = 0.0         # stop the fine-tune after this long (0: run all steps)
     seed: int = 0
 
     def policy(self) -> attn.LambdaPolicy | None:
@@ -99,11 +102,22 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device(device)
 
 
-def calibration_batches(tokenizer, samples: int, seqlen: int, seed: int = 0, batch: int = 8) -> list[torch.Tensor]:
-    """Random windows of the corpus "train" split (never the held-out splits), as [b, seqlen] batches."""
+_TRAIN_STREAMS: dict = {}
+
+
+def train_stream(tokenizer) -> torch.Tensor:
+    """The corpus "train" split as one id stream: all calibration and fine-tuning text comes from here."""
     from accllm.quant.corpus import load_documents, token_stream
 
-    ids = token_stream(tokenizer, load_documents("train"))
+    key = (getattr(tokenizer, "name_or_path", None), len(tokenizer))
+    if key not in _TRAIN_STREAMS:
+        _TRAIN_STREAMS[key] = token_stream(tokenizer, load_documents("train"))
+    return _TRAIN_STREAMS[key]
+
+
+def calibration_batches(tokenizer, samples: int, seqlen: int, seed: int = 0, batch: int = 8) -> list[torch.Tensor]:
+    """Random windows of the corpus "train" split (never the held-out splits), as [b, seqlen] batches."""
+    ids = train_stream(tokenizer)
     g = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, len(ids) - seqlen - 1, (samples,), generator=g)
     windows = torch.stack([ids[s:s + seqlen] for s in starts.tolist()])
@@ -219,9 +233,11 @@ def compress(model, tokenizer, s: CompressionSettings, device=None, offload: boo
     if s.qat_steps:
         from accllm.quant.qat import distill
 
-        distill(model, teacher, batches, s, masks, device, progress)
+        model.accllm_qat_losses = distill(model, teacher, train_stream(tokenizer), s, masks, device, progress)
     if offload:
         remove_accelerate_hooks(model)
+    round_dense_to_fp16(model)
+    model.accllm_settings = s
     return model, masks
 
 
@@ -284,6 +300,8 @@ def add_quantize_arguments(p):
     p.add_argument("--calib-seqlen", type=int, default=256)
     p.add_argument("--qat-steps", type=int, default=0, help="distillation fine-tune steps (teacher: the float model)")
     p.add_argument("--qat-lr", type=float, default=1e-4)
+    p.add_argument("--qat-batch", type=int, default=16, help="windows per fine-tune step")
+    p.add_argument("--qat-seconds", type=float, default=0, help="stop the fine-tune after this many seconds")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1")
     p.add_argument("--offload", action="store_true", help="spread the model over GPU/CPU with accelerate")
     p.add_argument("--eval-tokens", type=int, default=16384, help="held-out tokens for perplexity (0: skip)")
@@ -294,10 +312,14 @@ def settings_from_args(a) -> CompressionSettings:
         sparsity=a.sparsity, weight_bits=a.weight_bits or None, group_size=a.group_size,
         weight_method=a.weight_method, act_bits=a.act_bits or None, kv_bits=a.kv_bits or None,
         lambda_attention=not a.no_lambda, sinks=a.sinks, window=a.window, positions=a.positions,
-        calib_samples=a.calib_samples, calib_seqlen=a.calib_seqlen, qat_steps=a.qat_steps, qat_lr=a.qat_lr)
+        calib_samples=a.calib_samples, calib_seqlen=a.calib_seqlen, qat_steps=a.qat_steps, qat_lr=a.qat_lr,
+        qat_batch=a.qat_batch, qat_seconds=a.qat_seconds)
 
 
-def quantize_command(a) -> int:
+def compress_to_checkpoint(model_dir, s: CompressionSettings, out, eval_tokens: int = 0, device=None,
+                           offload: bool = False, progress: bool = True) -> dict:
+    """Load ``model_dir``, compress it with ``s``, write the checkpoint and its report to ``out``; returns the
+    report (settings, bytes per token, perplexities on the first ``eval_tokens`` "test" tokens when > 0)."""
     import copy
 
     from accllm.quant.checkpoint import save_compressed
@@ -305,28 +327,35 @@ def quantize_command(a) -> int:
     from accllm.quant.evaluate import perplexity
     from accllm.quant.model import load_model, resolve_model_dir, trained_context
 
-    s = settings_from_args(a)
     s.validate()
-    model, tok = load_model(a.model)
+    model, tok = load_model(model_dir)
     s.validate(model.config)
-    device = pick_device(a.device)
+    device = pick_device(device)
     ctx = trained_context(model.config)
-    report = {"model": str(a.model), "settings": s.to_json(), "device": str(device)}
-    test_ids = token_stream(tok, load_documents("test"))[: a.eval_tokens] if a.eval_tokens else None
+    report = {"model": str(model_dir), "settings": s.to_json(), "device": str(device)}
+    test_ids = token_stream(tok, load_documents("test"))[:eval_tokens] if eval_tokens else None
     teacher = copy.deepcopy(model).to(device) if s.qat_steps else None
     if test_ids is not None:
         ref = teacher if teacher is not None else model.to(device)
-        report["perplexity_fp"] = perplexity(ref, test_ids, ctx, ctx // 2)["perplexity"]
+        report["perplexity_fp"] = perplexity(ref, test_ids, ctx, ctx // 2, progress)["perplexity"]
         print(f"float perplexity {report['perplexity_fp']:.3f}")
-    model, masks = compress(model, tok, s, device=device, offload=a.offload, teacher=teacher)
+    model, masks = compress(model, tok, s, device=device, offload=offload, teacher=teacher, progress=progress)
     if test_ids is not None:
-        report["perplexity_compressed"] = perplexity(model, test_ids, ctx, ctx // 2)["perplexity"]
+        report["perplexity_compressed"] = perplexity(model, test_ids, ctx, ctx // 2, progress)["perplexity"]
         print(f"compressed perplexity {report['perplexity_compressed']:.3f}")
+    if s.qat_steps:
+        losses = model.accllm_qat_losses
+        report["qat"] = {"steps_run": len(losses), "kl_first": losses[0], "kl_last_50_mean": sum(losses[-50:]) / len(losses[-50:])}
     report["weight_bytes_per_token"] = weight_bytes_per_token(model, s)
     report["kv_bytes_per_token"] = kv_bytes_per_token(model.config, s.kv_bits)
     report["kv_cache_bytes_max"] = kv_cache_bytes(model.config, 1 << 20, s.kv_bits, s.policy()) if s.lambda_attention else None
-    path = save_compressed(model.cpu(), tok, s, masks, a.out, source_dir=resolve_model_dir(a.model), report=report)
-    print(f"wrote {path} (compressed checkpoint) and {a.out / 'report.json'}")
+    save_compressed(model.cpu(), tok, s, masks, out, source_dir=resolve_model_dir(model_dir), report=report)
+    return report
+
+
+def quantize_command(a) -> int:
+    compress_to_checkpoint(a.model, settings_from_args(a), a.out, a.eval_tokens, a.device, a.offload)
+    print(f"wrote {a.out} (compressed checkpoint) and {a.out / 'report.json'}")
     return 0
 
 

@@ -1,0 +1,278 @@
+"""The compressed checkpoint: ONE definition of its files, its integer view and the quantiser conventions.
+
+Directory layout (``save_compressed`` / ``load_compressed``)::
+
+    config.json, tokenizer.json, tokenizer_config.json   copied from the source checkpoint
+    compression.json    {"format": FORMAT, "settings": CompressionSettings}
+    compressed.safetensors
+        <linear>.codes        uint8 [out, in*bits/8]  weight codes, packed LSB-first (8 % bits == 0),
+                                                      else uint8 [out, in] one code per byte
+        <linear>.scales       float32 [out, in/G]
+        <linear>.zero_points  uint8 [out, in/G]
+        <linear>.mask         uint8 [out, in/8]       2:4 keep-mask, np.packbits (big-endian bits)
+        <linear>.weight       float16 [out, in]       only when weights are not quantised
+        <other parameter>     float16                 embeddings, norms (lm_head is tied)
+    report.json         what ``accllm quantize`` measured
+
+``<linear>`` is the module name, e.g. ``model.layers.0.self_attn.q_proj``.
+
+Conventions (Brevitas fake-quant, reproduced bit-exactly by :func:`fake_quant_weight`,
+:func:`fake_quant_act` and :func:`fake_quant_kv`; ``round`` is ``torch.round``, half to even; all in
+float32):
+
+- **Weights** (``ShiftedUint8WeightGroupQuantFloat``, bits b, group G along the input dim, learned
+  from min/max stats): ``code = clamp(round(w / s + z), 0, 2^b - 1)``, ``w_q = (code - z) * s`` with
+  ``s`` float32 and ``z`` an integer in [0, 2^b - 1] per (output row, group). Pruned weights have
+  ``code == z`` (exactly 0) and ``mask == 0``.
+- **Linear inputs, query, probabilities** (``Int8DynamicActPerRowFloat``, per token; for Q per token
+  and head): ``s = clamp(absmax(x), min=1e-4) / 128``,
+  ``a = clamp(round(x / s), -128, 127)``, ``x_q = a * s`` (no zero point).
+- **K and V** (``ShiftedUint8DynamicActPerRowFloat`` at 4 bits, per token and KV head over head_dim):
+  ``lo = min(min(x), 0)``, ``hi = max(max(x), 0)``, ``s = clamp(hi - lo, min=1e-4) / 15``,
+  ``z = clamp(round(-lo / s), 0, 15)``, ``c = clamp(round(x / s + z), 0, 15)``, ``x_q = (c - z) * s``.
+- Attention arithmetic and Λ policy: see :mod:`accllm.quant.attention`.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT = "accllm-compressed-v1"
+WEIGHTS_FILE = "compressed.safetensors"
+SETTINGS_FILE = "compression.json"
+ACT_MIN_SCALE = 1e-4  # Brevitas' scaling_min_val in generate_quantizers
+
+
+# ------------------------------------------------------------ reference formulas (the golden model's)
+
+def fake_quant_weight(w: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor, bits: int):
+    """(codes uint8 [out, in], dequantised float32 [out, in]) for group-wise asymmetric weights."""
+    out_f, in_f = w.shape
+    g = in_f // scales.shape[1]
+    s = scales.float()[:, :, None]
+    z = zero_points.float()[:, :, None]
+    codes = torch.clamp(torch.round(w.float().view(out_f, -1, g) / s + z), 0, 2 ** bits - 1)
+    return codes.to(torch.uint8).view(out_f, in_f), ((codes - z) * s).view(out_f, in_f)
+
+
+def dequantize_codes(codes, scales, zero_points):
+    out_f, in_f = codes.shape
+    g = in_f // scales.shape[1]
+    return ((codes.float().view(out_f, -1, g) - zero_points.float()[:, :, None]) * scales.float()[:, :, None]).view(out_f, in_f)
+
+
+def fake_quant_act(x: torch.Tensor):
+    """(int8 values, scale [..., 1]) of the per-row symmetric int8 activation quantiser."""
+    s = torch.clamp(x.float().abs().amax(-1, keepdim=True), min=ACT_MIN_SCALE) / 128
+    return torch.clamp(torch.round(x.float() / s), -128, 127), s
+
+
+def fake_quant_kv(x: torch.Tensor, bits: int = 4):
+    """(codes, scale [..., 1], zero point [..., 1]) of the per-row asymmetric KV quantiser over the last dim."""
+    xf = x.float()
+    lo = torch.clamp(xf.amin(-1, keepdim=True), max=0)
+    hi = torch.clamp(xf.amax(-1, keepdim=True), min=0)
+    levels = 2 ** bits - 1
+    s = torch.clamp(hi - lo, min=ACT_MIN_SCALE) / levels
+    z = torch.clamp(torch.round(-lo / s), 0, levels)
+    return torch.clamp(torch.round(xf / s + z), 0, levels), s, z
+
+
+# ------------------------------------------------------------ packing
+
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    if 8 % bits:
+        return codes.to(torch.uint8)
+    per = 8 // bits
+    c = codes.to(torch.int32).view(codes.shape[0], -1, per)
+    shifts = torch.arange(per, dtype=torch.int32) * bits
+    return (c << shifts).sum(-1).to(torch.uint8)
+
+
+def unpack_codes(packed: torch.Tensor, bits: int, in_features: int) -> torch.Tensor:
+    if 8 % bits:
+        return packed
+    per = 8 // bits
+    shifts = torch.arange(per, dtype=torch.int32) * bits
+    c = (packed.to(torch.int32)[:, :, None] >> shifts) & (2 ** bits - 1)
+    return c.view(packed.shape[0], -1)[:, :in_features].to(torch.uint8)
+
+
+def pack_mask(mask: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(np.packbits(mask.cpu().numpy().astype(np.uint8), axis=1))
+
+
+def unpack_mask(packed: torch.Tensor, in_features: int) -> torch.Tensor:
+    return torch.from_numpy(np.unpackbits(packed.numpy(), axis=1)[:, :in_features].astype(bool))
+
+
+def linear_storage_bytes(shape, settings) -> float:
+    """Bytes the engine reads for one linear: codes (2:4: two codes + two 2-bit positions per block of
+    four), one fp16 scale and one b-bit zero point per group; fp16 weights when not quantised."""
+    out_f, in_f = shape
+    if not settings.weight_bits:
+        return out_f * in_f * 2
+    b = settings.weight_bits
+    codes = out_f * in_f * b / 8 if settings.sparsity == "none" else out_f * (in_f // 4) * 2 * (b + 2) / 8
+    return codes + out_f * (in_f // settings.group_size) * (2 + b / 8)
+
+
+# ------------------------------------------------------------ the integer view
+
+def _quant_linear_integers(mod, bits: int) -> dict:
+    qw = mod.quant_weight()
+    scales = qw.scale_.detach().float().squeeze(-1).cpu()
+    zps = qw.zero_point_.detach().float().squeeze(-1).cpu()
+    codes, deq = fake_quant_weight(mod.weight.detach().cpu(), scales, zps, bits)
+    return {"codes": codes, "scales": scales.contiguous(), "zero_points": zps.to(torch.uint8),
+            "fake_quant": qw.value.detach().float().cpu(), "dequantized": deq}
+
+
+def integer_linear_weights(model_or_dir, with_reference: bool = False) -> dict:
+    """``{linear name: {"codes" uint8 [out,in], "scales" f32 [out,in/G], "zero_points" uint8 [out,in/G],
+    "mask" bool [out,in]}}`` for every quantised decoder linear, from a Brevitas model or a checkpoint
+    directory. ``with_reference`` adds Brevitas' own fake-quant weight ("fake_quant") for checking."""
+    from accllm.quant.prune import decoder_linears
+
+    if isinstance(model_or_dir, (str, Path)):
+        tensors, settings = _read(Path(model_or_dir))
+        out = {}
+        for name in sorted({k.rsplit(".", 1)[0] for k in tensors if k.endswith(".codes")}):
+            sc = tensors[f"{name}.scales"]
+            in_f = sc.shape[1] * settings["group_size"]
+            out[name] = {"codes": unpack_codes(tensors[f"{name}.codes"], settings["weight_bits"], in_f),
+                         "scales": sc, "zero_points": tensors[f"{name}.zero_points"],
+                         "mask": unpack_mask(tensors[f"{name}.mask"], in_f)}
+        return out
+    model = model_or_dir
+    bits = model.accllm_settings.weight_bits
+    out = {}
+    for name, mod in decoder_linears(model).items():
+        if getattr(mod, "weight_quant", None) is None or not mod.weight_quant.is_quant_enabled:
+            continue
+        d = _quant_linear_integers(mod, bits)
+        mask = getattr(mod, "sparse_mask", None)
+        d["mask"] = mask.cpu().bool() if mask is not None else torch.ones_like(d["codes"], dtype=torch.bool)
+        if not with_reference:
+            d.pop("fake_quant")
+            d.pop("dequantized")
+        out[name] = d
+    return out
+
+
+# ------------------------------------------------------------ save / load
+
+def save_compressed(model, tokenizer, settings, masks, out_dir: Path, source_dir: Path | None = None,
+                    report: dict | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    from accllm.quant.prune import decoder_linears
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.accllm_settings = settings
+    lin = decoder_linears(model)
+    tensors: dict[str, torch.Tensor] = {}
+    if settings.weight_bits:
+        for name, d in integer_linear_weights(model).items():
+            tensors[f"{name}.codes"] = pack_codes(d["codes"], settings.weight_bits)
+            tensors[f"{name}.scales"] = d["scales"]
+            tensors[f"{name}.zero_points"] = d["zero_points"]
+            tensors[f"{name}.mask"] = pack_mask(d["mask"])
+    else:
+        for name, mod in lin.items():
+            tensors[f"{name}.weight"] = mod.weight.detach().half().cpu()
+    lin_params = {id(m.weight) for m in lin.values()}
+    seen = set()
+    for name, p in model.named_parameters():
+        if id(p) in lin_params or id(p) in seen or "_quant" in name:
+            continue
+        seen.add(id(p))
+        tensors[name] = p.detach().half().cpu().contiguous()
+    save_file(tensors, str(out_dir / WEIGHTS_FILE))
+    (out_dir / SETTINGS_FILE).write_text(json.dumps({"format": FORMAT, "settings": settings.to_json()}, indent=1))
+    model.config.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    if report is not None:
+        (out_dir / "report.json").write_text(json.dumps(report, indent=1))
+    return out_dir
+
+
+def _read(path: Path):
+    from safetensors.torch import load_file
+
+    meta_path = path / SETTINGS_FILE
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{path} is not an accllm compressed checkpoint (no {SETTINGS_FILE})")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    return load_file(str(path / WEIGHTS_FILE)), meta["settings"]
+
+
+def round_dense_to_fp16(model) -> None:
+    """The checkpoint stores embeddings and norms in fp16; round the live model the same way so that
+    a reloaded checkpoint computes exactly what the saved model did."""
+    from accllm.quant.prune import decoder_linears
+
+    lin = {id(m.weight) for m in decoder_linears(model).values()}
+    for name, p in model.named_parameters():
+        if id(p) not in lin and "_quant" not in name:
+            p.data = p.data.half().float()
+
+
+def _set_weight_quant_params(mod, scales: torch.Tensor, zps: torch.Tensor, bits: int) -> None:
+    """Point Brevitas' learned (parameter_from_stats) scale and zero point at the stored integers."""
+    tq = mod.weight_quant.tensor_quant
+    levels = 2 ** bits - 1
+    s = scales.to(tq.scaling_impl.value.device)[:, :, None]
+    value = s * levels
+    for _ in range(4):  # Brevitas divides by (2^b - 1): nudge by ulps until that gives s exactly
+        off = value / levels - s
+        if not bool(off.any()):
+            break
+        value = torch.where(off > 0, torch.nextafter(value, torch.zeros_like(value)),
+                            torch.where(off < 0, torch.nextafter(value, value * 2), value))
+    tq.scaling_impl.value.data.copy_(value)
+    tq.zero_point_impl.value.data.copy_(-zps.float().to(s.device)[:, :, None] * s)
+
+
+def load_compressed(path, device="cpu"):
+    """Rebuild the Brevitas fake-quant model from a checkpoint directory: ``(model, tokenizer, settings)``."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from accllm.quant import attention as attn
+    from accllm.quant.prune import decoder_linears
+    from accllm.quant.quantize import CompressionSettings, quantize_layers
+
+    path = Path(path)
+    tensors, sdict = _read(path)
+    s = CompressionSettings.from_json(sdict)
+    model = LlamaForCausalLM(LlamaConfig.from_pretrained(path)).eval()
+    attn.install(model, s.policy())
+    lin = decoder_linears(model)
+    masks = {}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in tensors:
+                p.copy_(tensors[name].float())
+        for name, mod in lin.items():
+            if s.weight_bits:
+                in_f = mod.weight.shape[1]
+                codes = unpack_codes(tensors[f"{name}.codes"], s.weight_bits, in_f)
+                mod.weight.copy_(dequantize_codes(codes, tensors[f"{name}.scales"], tensors[f"{name}.zero_points"]))
+                masks[name] = unpack_mask(tensors[f"{name}.mask"], in_f)
+            else:
+                mod.weight.copy_(tensors[f"{name}.weight"].float())
+    model = quantize_layers(model, s, masks if s.sparsity == "2:4" and s.weight_bits else None)
+    with torch.no_grad():
+        model(input_ids=torch.tensor([[0, 1]]))  # initialise Brevitas' parameters, then overwrite them
+        if s.weight_bits:
+            for name, mod in decoder_linears(model).items():
+                _set_weight_quant_params(mod, tensors[f"{name}.scales"], tensors[f"{name}.zero_points"], s.weight_bits)
+    model.accllm_settings = s
+    return model.to(device), AutoTokenizer.from_pretrained(path), s
