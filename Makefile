@@ -13,7 +13,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/accllm eval
+	$(BIN)/accllm demo
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q

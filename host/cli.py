@@ -11,6 +11,13 @@ import sys
 
 COMMAND_MODULES = [
     "accllm.quant.evaluate",
+    "accllm.hls.compiler",
+    "accllm.quant.quantize",
+    "accllm.sim.perf",
+    "accllm.host.flow",
+    "accllm.host.run",
+    "accllm.host.serve",
+    "accllm.host.demo",
 ]
 
 

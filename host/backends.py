@@ -1,0 +1,105 @@
+"""One device interface, several backends.
+
+A backend runs the model one stream at a time: ``reset()`` starts a new stream (empty KV cache),
+``forward(ids)`` feeds the next tokens at the next stream positions and returns the logits after the
+last one (float32 numpy [vocab]). Prefill is ``forward(prompt)``, decode is ``forward([token])``.
+
+- ``pynq``: a real board through :class:`accllm.host.driver.EngineDriver` on :class:`~accllm.host.mmio.PynqIO`.
+- ``csim``: the same driver on :class:`~accllm.host.mmio.SimIO`, whose ``ap_start`` runs the compiled
+  C-simulation library of the HLS kernel.
+- ``golden``: the torch golden model of the engine (``accllm.sim.golden``).
+- ``fakequant``: the Brevitas fake-quant model of the compressed checkpoint (the compression side of
+  the verification chain), with the same Λ cache policy.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+BACKENDS = ("csim", "golden", "pynq", "fakequant")
+
+
+class Backend(ABC):
+    name: str = "?"
+    vocab_size: int
+    context: int | None = None  # longest stream it accepts (None: unbounded, Λ)
+
+    @abstractmethod
+    def reset(self) -> None:
+        ...
+
+    @abstractmethod
+    def forward(self, ids: list[int]) -> np.ndarray:
+        ...
+
+    def resident_bytes(self) -> int | None:
+        """Bytes held for the KV cache (constant under Λ), when the backend can say."""
+        return None
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class FakeQuantBackend(Backend):
+    """The compressed checkpoint's Brevitas fake-quant model with the Λ cache of ``accllm.quant.attention``."""
+
+    name = "fakequant"
+
+    def __init__(self, checkpoint: Path):
+        from accllm.quant.checkpoint import load_compressed
+
+        self.model, _, self.settings = load_compressed(checkpoint)
+        self.policy = self.settings.policy()
+        self.vocab_size = self.model.config.vocab_size
+        self.context = None if self.policy else self.model.config.max_position_embeddings
+        self.reset()
+
+    def reset(self) -> None:
+        from accllm.quant.attention import KVCache
+
+        self.cache = KVCache(self.model.config.num_hidden_layers, self.policy)
+        self.pos = 0
+
+    def forward(self, ids) -> np.ndarray:
+        import torch
+
+        from accllm.quant.attention import attached
+
+        x = torch.tensor([list(ids)], dtype=torch.long)
+        pos = torch.arange(self.pos, self.pos + x.shape[1])[None]
+        if self.context is not None and self.pos + x.shape[1] > self.context:
+            raise ValueError(f"stream of {self.pos + x.shape[1]} tokens exceeds the context {self.context} (no Λ policy)")
+        with attached(self.model, self.cache), torch.no_grad():
+            logits = self.model(input_ids=x, position_ids=pos, use_cache=False).logits[0, -1]
+        self.pos += x.shape[1]
+        return logits.float().numpy()
+
+    def resident_bytes(self) -> int:
+        return self.cache.nbytes()
+
+
+def open_backend(name: str, build: str | Path, **options) -> Backend:
+    """Open backend ``name`` on a build directory (``accllm compile`` output; ``fakequant`` also takes
+    a compressed checkpoint directory)."""
+    from . import build as builds
+
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    b = builds.BuildDir(build)
+    if name == "fakequant":
+        return FakeQuantBackend(b.checkpoint())
+    if name == "golden":
+        from .golden_backend import GoldenBackend
+
+        return GoldenBackend(b)
+    from .engine import EngineBackend
+
+    return EngineBackend.open(name, b, **options)

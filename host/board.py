@@ -1,0 +1,66 @@
+"""Opening the board: choose the bitstream from the manifest, verify it, then load the overlay."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def choose_bitstream(manifest, image, name: str | None = None, board: str | None = None):
+    """The manifest entry to load: ``name`` if given, else the one built entry (for ``board``) whose
+    engine parameters and formats match the program."""
+    if name is not None:
+        return manifest.entry(name)
+    h = image.header
+
+    def fits(e):
+        return (e.built and (board is None or e.board.lower() == board.lower())
+                and e.program_format == _get(h, "program_format") and e.blob_format == _get(h, "blob_format")
+                and e.engine.lanes == _get(h, "lanes") and e.engine.group == _get(h, "group"))
+
+    matches = [e for e in manifest.bitstreams if fits(e)]
+    if len(matches) != 1:
+        listed = ", ".join(f"{e.name} ({e.board}, built={e.built})" for e in manifest.bitstreams) or "none"
+        raise ValueError(f"{'no' if not matches else 'more than one'} built bitstream in the manifest matches this "
+                         f"program (lanes={_get(h, 'lanes')}, group={_get(h, 'group')}); name one with --bitstream. "
+                         f"Listed: {listed}")
+    return matches[0]
+
+
+def _get(h, key):
+    return h.get(key) if isinstance(h, dict) else getattr(h, key, None)
+
+
+def pynq_io(image, bitstream: str | None = None, manifest: str | Path | None = None, board: str | None = None):
+    """A :class:`~accllm.host.mmio.PynqIO` on the verified bitstream (``verify_bitstream`` refuses a bitstream
+    whose checksum, formats or engine parameters differ from the manifest and the program)."""
+    from accllm.hls.manifest import DEFAULT_MANIFEST, load_manifest, verify_bitstream
+
+    from .mmio import PynqIO
+
+    mpath = Path(manifest) if manifest else DEFAULT_MANIFEST
+    m = load_manifest(mpath)
+    entry = choose_bitstream(m, image, bitstream, board)
+    main = entry.artifacts["bit" if entry.flow == "vivado" else "xclbin"]
+    path = mpath.parent / main.path
+    verify_bitstream(entry, path, image.header, board=board)
+    io = PynqIO(path, entry.kernel)
+    check_register_map(io.ip, image.args)
+    return io
+
+
+def check_register_map(ip, args) -> None:
+    """Compare the driver's argument offsets with the overlay's register map (read by pynq from the .hwh).
+    Vitis names a 64-bit pointer's two words ``<name>_1`` / ``<name>_2``."""
+    try:
+        regs = ip.register_map._instances
+    except Exception:  # no register map (no .hwh): the Vitis offsets are all there is
+        return
+    problems = []
+    for a in args:
+        reg = regs.get(a.name) or regs.get(f"{a.name}_1")
+        if reg is None:
+            problems.append(f"{a.name}: not in the overlay's register map")
+        elif int(reg.address) != a.offset:
+            problems.append(f"{a.name}: at {int(reg.address):#x} in the overlay, the driver expects {a.offset:#x}")
+    if problems:
+        raise ValueError("the overlay's kernel does not have the register map this program drives:\n  "
+                         + "\n  ".join(problems))

@@ -1,0 +1,28 @@
+"""The lowest layer of the ``csim`` backend: :class:`~accllm.host.mmio.SimIO` whose ``ap_start`` calls the
+C-simulation library of the HLS kernel (``accllm.hls.csim``) on the buffers behind the argument registers."""
+from __future__ import annotations
+
+import ctypes
+
+from .mmio import SimIO
+
+
+def csim_io(build, image) -> SimIO:
+    from accllm.hls.csim import build_library
+
+    lib = ctypes.CDLL(str(build_library(build.path / "hls")))
+    lib.accllm_csim_step.restype = ctypes.c_int
+    off = {a.name: a for a in image.args}
+
+    def run_kernel(io: SimIO) -> None:
+        def ptr(name):
+            return io.buffer_at(io.reg64(off[name].offset)).ctypes.data_as(ctypes.c_void_p)
+
+        def u32(name):
+            return ctypes.c_uint(io.regs.get(off[name].offset, 0))
+
+        lib.accllm_csim_step(ptr("program"), u32("n_instr"), ptr("blob"), ptr("kv"), u32("token"), u32("pos"),
+                             ptr("logits"), ptr("trace"), u32("trace_en"))
+        io.finish()
+
+    return SimIO(run_kernel)

@@ -1,0 +1,36 @@
+"""The ``golden`` backend: the torch golden model of the engine (``accllm.sim.golden``), one token per step."""
+from __future__ import annotations
+
+import numpy as np
+
+from .backends import Backend
+
+
+class GoldenBackend(Backend):
+    name = "golden"
+
+    def __init__(self, build):
+        from accllm.sim.golden import GoldenModel
+
+        self.model = GoldenModel.load(build.checkpoint())
+        self.vocab_size = self.model.d.vocab
+        self.layout = self.model.d.kv_layout()
+
+    def reset(self) -> None:
+        self.model.reset()
+
+    def forward(self, ids) -> np.ndarray:
+        import torch
+
+        # Thousands of tiny torch ops per token: intra-op threads only slow them down.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for t in ids:  # prefill token by token, as the engine does
+                logits = self.model.step(int(t))
+        finally:
+            torch.set_num_threads(threads)
+        return logits.numpy()
+
+    def resident_bytes(self) -> int:
+        return self.layout.nbytes
