@@ -1,10 +1,10 @@
 """``accllm demo``: the whole flow on the bundled model, then streamed tokens checked against the golden model.
 
 The build is the default flow file (``host/flows/demo.yaml``) run by the flow builder (:mod:`accllm.host.flow`,
-the same steps ``accllm build`` and the single-purpose commands run): compress, export, compile — by default
-up to the compiled program, ``--to STEP`` goes further (csim, rtlsim, perf, bitstream, deploy). The tokens
-are then streamed from the C-simulation of the kernel (``--backend csim``) and the torch golden model runs the
-same prompt: the demo says whether the token ids are equal, and fails if not. The build directory can be
+the same steps ``accllm build`` and the single-purpose commands run): compress, export, compile, csim, rtlsim,
+perf, bitstream, deploy, with the C-simulation and RTL checked against the golden model; ``--to STEP`` stops
+earlier. The tokens are then streamed from the C-simulation of the kernel (``--backend csim``) and the torch
+golden model runs the same prompt: the demo says whether the token ids are equal, and fails if not. The build directory can be
 used afterwards with ``accllm run``, ``accllm serve`` and ``accllm build --from ...``.
 """
 from __future__ import annotations
@@ -79,7 +79,7 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="the whole flow on the bundled model: compress, export, compile, stream from "
                                     "the C-simulation, check against the golden model")
     p.add_argument("-o", "--out", type=Path, default=Path("accllm-demo"), help="build directory (default ./accllm-demo)")
-    p.add_argument("--to", default="compile", help="last flow step to run before streaming (default: compile)")
+    p.add_argument("--to", default=None, help="last flow step to run before streaming (default: every step of the flow)")
     p.add_argument("--prompt", default=DEMO_PROMPT)
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--backend", default="csim", choices=[b for b in BACKENDS if b != "golden"])
