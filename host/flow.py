@@ -280,7 +280,7 @@ def run_flow(flow, build_dir: Path, start: str | None = None, stop: str | None =
 def write_report(flow: FlowConfig, state: dict, build_dir: Path) -> Path:
     """A Markdown report of a build: settings, per-step metrics and verification, artifact hashes."""
     lines = [f"# accllm build report: {flow.name}", "",
-             f"Board `{flow.board}`, model `{flow.model}`, build directory `{build_dir}`.", "",
+             f"Board `{flow.board}`, model `{flow.model}`, build directory `{os.path.relpath(build_dir)}`.", "",
              "## Settings", "", "```yaml", yaml.safe_dump(flow.model_dump(mode="json"), sort_keys=False).strip(), "```", "",
              "## Steps", "", "| step | ran this time | seconds | metrics | verification |", "|---|---|---|---|---|"]
     for name in flow.steps:
