@@ -103,21 +103,9 @@ class CSim:
         return self.trace[layer * self.trace_size:(layer + 1) * self.trace_size].astype(np.int64)
 
     def generate(self, prompt: list[int], max_new: int, eos: int | None = None, on_token=None) -> list[int]:
-        if not prompt:
-            raise ValueError("empty prompt: give at least one token")
-        self.reset()
-        for t in prompt:
-            logits = self.step(t)
-        out = []
-        for _ in range(max_new):
-            t = int(np.argmax(logits))
-            out.append(t)
-            if on_token is not None:
-                on_token(t)
-            if eos is not None and t == eos:
-                break
-            logits = self.step(t)
-        return out
+        from accllm.sim.golden import greedy
+
+        return greedy(self, prompt, max_new, eos, on_token)
 
 
 def compare_with_golden(golden, csim: CSim, tokens: list[int]) -> dict:

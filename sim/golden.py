@@ -346,22 +346,27 @@ class GoldenModel:
         return _seq_sum(h.double() * w.embed.double())
 
     def generate(self, prompt: list[int], max_new: int, eos: int | None = None, on_token=None) -> list[int]:
-        """Greedy: prefill ``prompt`` token by token (as the engine does), then decode ``max_new`` tokens."""
-        if not prompt:
-            raise ValueError("empty prompt: give at least one token")
-        self.reset()
-        for t in prompt:
-            logits = self.step(t)
-        out = []
-        for _ in range(max_new):
-            t = int(torch.argmax(logits))
-            out.append(t)
-            if on_token is not None:
-                on_token(t)
-            if eos is not None and t == eos:
-                break
-            logits = self.step(t)
-        return out
+        return greedy(self, prompt, max_new, eos, on_token)
+
+
+def greedy(engine, prompt: list[int], max_new: int, eos: int | None = None, on_token=None) -> list[int]:
+    """Greedy decoding on anything with ``reset()`` and ``step(token) -> logits`` (golden model, C-sim):
+    prefill ``prompt`` token by token, as the engine does, then decode up to ``max_new`` tokens."""
+    if not prompt:
+        raise ValueError("empty prompt: give at least one token")
+    engine.reset()
+    for t in prompt:
+        logits = engine.step(t)
+    out = []
+    for _ in range(max_new):
+        t = int(logits.argmax())
+        out.append(t)
+        if on_token is not None:
+            on_token(t)
+        if eos is not None and t == eos:
+            break
+        logits = engine.step(t)
+    return out
 
 
 def flatten_trace(d: Dims, tr: dict) -> torch.Tensor:
