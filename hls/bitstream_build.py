@@ -24,11 +24,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from accllm.hls.project import TEMPLATES
 from accllm.sim.perf import Board, get_board, load_boards
 
 ROOT = Path(__file__).resolve().parent.parent
 RTL_DIR = ROOT / "hw" / "rtl"
-TEMPLATES = Path(__file__).resolve().parent / "templates"
 BITSTREAMS = ROOT / "bitstreams"
 WRAPPER = BITSTREAMS / "common" / "accllm_core_hls_bb.v"
 WRAPPER_MODULE = "accllm_core_hls_bb"

@@ -42,9 +42,13 @@ class BuildDir:
         raise FileNotFoundError(f"{self.root} has no tokenizer.json")
 
 
-# The HLS kernel top's arguments in declaration order (hls/templates/accllm_top.cpp): (name, is_pointer).
-KERNEL_ARGS = (("program", True), ("n_instr", False), ("blob", True), ("kv", True), ("token", False),
-               ("pos", False), ("logits", True), ("trace", True), ("trace_en", False))
+def kernel_args() -> list[tuple[str, bool]]:
+    """The HLS kernel top's arguments in declaration order as ``(name, is_pointer)``, read from the template
+    the compiler writes (its m_axi ports are the pointers), so the driver's register map has one source."""
+    from accllm.hls.bitstream_build import find_hls_top
+
+    top = find_hls_top()
+    return [(a, a in top.m_axi) for a in top.args]
 
 
 def read_engine_image(build: BuildDir):
@@ -69,7 +73,7 @@ def read_engine_image(build: BuildDir):
     header = {"program_format": prog.VERSION, "blob_format": blobfmt.VERSION,
               "lanes": meta["engine"]["lanes"], "group": dims.group}
     return EngineImage(
-        header=header, args=vitis_arg_offsets(list(KERNEL_ARGS)),
+        header=header, args=vitis_arg_offsets(kernel_args()),
         buffers={"program": program, "blob": payload, "kv": layout.nbytes, "logits": 4 * dims.vocab,
                  "trace": 4 * dims.layers * meta["trace"]["_size"]},
         kv_arg="kv", logits_arg="logits", vocab=dims.vocab, layout=layout,

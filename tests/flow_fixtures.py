@@ -22,6 +22,16 @@ def flow_paths(tmp_path_factory):
     return ckpt, onnx_dir, build
 
 
+def demo_layout(tmp_path_factory, name: str):
+    """A build directory laid out as `accllm demo` leaves it: compiled files with checkpoint/ beside them."""
+    ckpt, _, compiled = flow_paths(tmp_path_factory)
+    d = tmp_path_factory.mktemp(name)
+    for f in ("program.bin", "weights.blob", "hls"):
+        (d / f).symlink_to(compiled / f)
+    (d / "checkpoint").symlink_to(ckpt)
+    return d
+
+
 def one_thread():
     """Generator for an autouse fixture: the golden model runs thousands of tiny torch ops per token, which
     intra-op threads only slow down (badly so on a shared 2-core machine)."""

@@ -2,19 +2,14 @@
 import json
 
 import pytest
-from flow_fixtures import flow_paths
+from flow_fixtures import demo_layout
 
 from accllm.host.cli import main
 
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
-    ckpt, _, compiled = flow_paths(tmp_path_factory)
-    d = tmp_path_factory.mktemp("demo_build")
-    for name in ("program.bin", "weights.blob", "hls"):
-        (d / name).symlink_to(compiled / name)
-    (d / "checkpoint").symlink_to(ckpt)
-    return d
+    return demo_layout(tmp_path_factory, "demo_build")
 
 
 def test_golden_check_finds_equal_and_different_tokens(build):

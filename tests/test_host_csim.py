@@ -4,7 +4,7 @@ import shutil
 
 import numpy as np
 import pytest
-from flow_fixtures import flow_paths
+from flow_fixtures import demo_layout
 
 from accllm.host.backends import open_backend
 from accllm.host.build import BuildDir
@@ -16,13 +16,7 @@ PROMPTS = ["def main(args):", "The function returns"]
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
-    """A build directory as `accllm demo` lays it out: compiled files + checkpoint/ beside them."""
-    ckpt, _, compiled = flow_paths(tmp_path_factory)
-    d = tmp_path_factory.mktemp("host_build")
-    for name in ("program.bin", "weights.blob", "hls"):
-        (d / name).symlink_to(compiled / name)
-    (d / "checkpoint").symlink_to(ckpt)
-    return d
+    return demo_layout(tmp_path_factory, "host_build")
 
 
 def _greedy(backend, tok, prompt, n=8):

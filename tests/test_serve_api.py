@@ -145,18 +145,14 @@ def test_models_endpoint(server):
 
 def test_serve_on_the_csim_backend_streams_the_engine_tokens(tmp_path_factory):
     """The app `accllm serve` runs, on the real csim backend: streamed text == the engine's greedy tokens."""
-    from flow_fixtures import flow_paths
+    from flow_fixtures import demo_layout
 
     from accllm.host.backends import open_backend
     from accllm.host.generate import Generation
     from accllm.host.sampling import SamplingParams
 
-    ckpt, _, compiled = flow_paths(tmp_path_factory)
-    d = tmp_path_factory.mktemp("serve_build")
-    for name in ("program.bin", "weights.blob", "hls"):
-        (d / name).symlink_to(compiled / name)
-    (d / "checkpoint").symlink_to(ckpt)
-    tok = Tokenizer(ckpt)
+    d = demo_layout(tmp_path_factory, "serve_build")
+    tok = Tokenizer(d / "checkpoint")
     with open_backend("csim", d) as be:
         gen = Generation(be, tok, "def main(args):", SamplingParams(max_tokens=8, temperature=0, stop_tokens=(tok.eos_id,)))
         list(gen)
