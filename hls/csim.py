@@ -1,6 +1,11 @@
 """Bit-accurate C-simulation of the engine kernel: the generated HLS project compiled with g++ against
 hls4ml's bundled ``ap_types`` (from the installed package) into a shared library, driven through ctypes.
 
+The kernel runs every integer reduction through the RTL core's blackbox function ``accllm_core_hls_bb()``.
+``core="c"`` links its C model (``hls/templates/accllm_core_hls_bb.cpp``); ``core="rtl"`` links the Verilated
+RTL (``accllm.sim.rtl_native``: the core behind the same wrapper synthesis uses), a C/RTL co-simulation of the
+whole engine that also counts the core's clock cycles.
+
 Builds are cached by the sha256 of the sources and flags (``$ACCLLM_CACHE`` or ``~/.cache/accllm/csim``).
 """
 from __future__ import annotations
@@ -15,9 +20,10 @@ import numpy as np
 
 from accllm.hls import blob as blobfmt
 from accllm.hls import program as prog
-from accllm.hls.project import SOURCES
+from accllm.hls.project import BLACKBOX_C, BLACKBOX_H, SOURCES
 
 CXXFLAGS = ["-O2", "-std=c++14", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-w"]
+CORES = ("c", "rtl")
 
 
 def ap_types_dir() -> Path:
@@ -33,22 +39,45 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ACCLLM_CACHE", Path.home() / ".cache" / "accllm")) / "csim"
 
 
-def build_library(hls_dir, verbose: bool = False) -> Path:
-    """Compile ``hls_dir`` (a project written by the compiler) to a shared library; cached by content hash."""
+def read_core_params(hls_dir) -> tuple[int, int]:
+    """(LANES, GROUP) the project's parameters.h builds the core with."""
+    import re
+
+    text = (Path(hls_dir) / "parameters.h").read_text()
+    vals = dict(re.findall(r"#define\s+ACCLLM_(LANES|GROUP)\s+(\d+)", text))
+    if set(vals) != {"LANES", "GROUP"}:
+        raise ValueError(f"{hls_dir}/parameters.h does not define ACCLLM_LANES and ACCLLM_GROUP; recompile")
+    return int(vals["LANES"]), int(vals["GROUP"])
+
+
+def build_library(hls_dir, core: str = "c", verbose: bool = False) -> Path:
+    """Compile ``hls_dir`` (a project written by the compiler) to a shared library with the integer core as a C
+    model (``core="c"``) or as Verilated RTL (``core="rtl"``); cached by content hash."""
+    if core not in CORES:
+        raise ValueError(f"core must be one of {CORES}, got {core!r}")
     hls_dir = Path(hls_dir)
-    files = [hls_dir / n for n in SOURCES if n.endswith((".h", ".cpp"))] + [hls_dir / "parameters.h"]
-    h = hashlib.sha256(" ".join(CXXFLAGS).encode())
+    files = [hls_dir / n for n in SOURCES + (BLACKBOX_H, BLACKBOX_C) if n.endswith((".h", ".cpp"))]
+    files.append(hls_dir / "parameters.h")
+    h = hashlib.sha256(" ".join(CXXFLAGS + [core]).encode())
     for f in files:
         if not f.is_file():
             raise FileNotFoundError(f"HLS project file {f} is missing; run `accllm compile` again")
         h.update(f.name.encode() + f.read_bytes())
-    lib = cache_dir() / f"accllm_csim_{h.hexdigest()[:16]}.so"
+    extra, inc, libs = [str(hls_dir / BLACKBOX_C)], [], []  # libs: objects / archives linked in
+    if core == "rtl":
+        from accllm.sim import rtl_native
+
+        model = rtl_native.build_wrapper(*read_core_params(hls_dir), verbose=verbose)
+        h.update(model.key.encode())
+        extra, inc, libs = [], [], model.objects
+    lib = cache_dir() / f"accllm_csim_{core}_{h.hexdigest()[:16]}.so"
     if lib.is_file():
         return lib
     lib.parent.mkdir(parents=True, exist_ok=True)
     tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-    cmd = ["g++", *CXXFLAGS, "-I", str(hls_dir), "-I", str(ap_types_dir()), str(hls_dir / "accllm_top.cpp"),
-           str(hls_dir / "csim_api.cpp"), "-o", str(tmp)]
+    cmd = ["g++", *CXXFLAGS, "-I", str(hls_dir), "-I", str(ap_types_dir()), *[f"-I{d}" for d in inc],
+           str(hls_dir / "accllm_top.cpp"), str(hls_dir / "csim_api.cpp"), *extra, *map(str, libs), "-pthread",
+           "-o", str(tmp)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
         raise RuntimeError(f"C-simulation build failed:\n{' '.join(cmd)}\n{r.stderr[-4000:]}")
@@ -61,14 +90,15 @@ def build_library(hls_dir, verbose: bool = False) -> Path:
 class CSim:
     """The engine in C-simulation: ``step(token)`` runs the program once (one token) and returns logits."""
 
-    def __init__(self, build_dir):
+    def __init__(self, build_dir, core: str = "c"):
         build_dir = Path(build_dir)
+        self.core = core
         self.meta, self.instrs, program = prog.read_program(build_dir / "program.bin")
         bmeta, payload = blobfmt.read_blob(build_dir / "weights.blob")
         from accllm.hls import container
 
         prog.check_pair(self.meta, container.sha256(payload), build_dir / "program.bin", build_dir / "weights.blob")
-        self.lib = ctypes.CDLL(str(build_library(build_dir / "hls")))
+        self.lib = ctypes.CDLL(str(build_library(build_dir / "hls", core)))
         self.lib.accllm_csim_step.restype = ctypes.c_int
         self.lib.accllm_csim_trace_size.restype = ctypes.c_uint
         d = self.meta["dims"]

@@ -50,6 +50,7 @@ class BitstreamEntry(BaseModel):
     flow: Literal["vitis", "vivado"]
     kernel: str                                 # HLS top function = kernel / IP name
     engine: EngineParams
+    dims: dict[str, int | float | bool]         # model dimensions baked into the kernel (its parameters.h)
     program_format: int
     blob_format: int
     clock_mhz: float
@@ -137,8 +138,9 @@ def verify_bitstream(entry: BitstreamEntry | Mapping, bitstream_path: str | Path
     """Check a bitstream against its manifest entry and the compiled program before loading it.
 
     ``program_header`` (a mapping or an object with these attributes) gives ``program_format`` and
-    ``blob_format`` (the version numbers the compiler wrote) and ``lanes`` / ``group`` (the engine parameters
-    the program was compiled for); ``board``, when given, is the board the runtime is on. Raises
+    ``blob_format`` (the version numbers the compiler wrote), ``lanes`` / ``group`` (the engine parameters
+    the program was compiled for) and ``dims`` (the model dimensions); ``board``, when given, is the board the
+    runtime is on. Raises
     :class:`BitstreamMismatch` naming every difference; returns the validated entry.
     """
     if not isinstance(entry, BitstreamEntry):
@@ -171,6 +173,15 @@ def verify_bitstream(entry: BitstreamEntry | Mapping, bitstream_path: str | Path
         elif int(got) != int(have):
             what = "format version" if key.endswith("format") else "engine parameter"
             problems.append(f"{key}: the program has {what} {got}, the bitstream {entry.name!r} was built for {have}")
+    dims = _field(program_header, "dims")
+    if dims is None:
+        problems.append("dims: the program header does not state the model dimensions")
+    else:
+        diff = sorted(k for k in set(dims) | set(entry.dims) if dims.get(k) != entry.dims.get(k))
+        if diff:
+            problems.append("model dimensions: the program and the bitstream differ in " + ", ".join(
+                f"{k} ({dims.get(k)} vs {entry.dims.get(k)})" for k in diff) + " (the kernel was synthesised for "
+                "another model; rebuild the bitstream from this compiled build)")
     if problems:
         raise BitstreamMismatch(f"refusing to load bitstream {entry.name!r} ({path}):\n  " + "\n  ".join(problems))
     return entry

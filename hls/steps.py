@@ -65,44 +65,53 @@ def _prompt_ids(ctx: StepContext) -> list[list[int]]:
     return [tok.encode(p) for p in ctx.flow.evaluation.prompts]
 
 
-def csim(ctx: StepContext) -> StepResult:
-    """Greedy tokens of the C-simulation on the flow's prompts."""
+def run_prompts(ctx: StepContext, sim=None):
+    """Greedy tokens of the compiled engine (``sim``, default a C-simulation) on the flow's prompts:
+    (its runs, seconds, tokens fed)."""
     from accllm.hls.csim import CSim
 
-    sim = CSim(ctx.artifacts["compile"])
+    sim = sim or CSim(ctx.artifacts["compile"])
     runs, t0, n = [], time.perf_counter(), 0
     for ids in _prompt_ids(ctx):
         out = sim.generate(ids, ctx.flow.evaluation.max_new_tokens)
         runs.append({"prompt_ids": ids, "output_ids": out})
         n += len(ids) + len(out)
-    seconds = time.perf_counter() - t0
+    return runs, time.perf_counter() - t0, n
+
+
+def csim(ctx: StepContext) -> StepResult:
+    """Greedy tokens of the C-simulation on the flow's prompts."""
+    runs, seconds, n = run_prompts(ctx)
     path = ctx.step_dir("csim") / "csim.json"
     path.write_text(json.dumps({"runs": runs, "seconds": seconds}, indent=1))
     return StepResult(path, {"tokens_per_s": round(n / seconds, 2)})
 
 
-def verify_csim(ctx: StepContext) -> dict:
+def check_with_golden(ctx: StepContext, runs: list[dict], core: str = "c") -> dict:
     """Same greedy tokens as the golden model on every prompt, and the integer trace of the first prompt
-    bit-exact on every layer."""
+    bit-exact on every layer; raises naming the difference."""
     from accllm.hls.csim import CSim, compare_with_golden
     from accllm.sim.golden import GoldenModel
 
-    runs = json.loads(ctx.artifacts["csim"].read_text())["runs"]
     golden = GoldenModel.load(ctx.artifacts["compress"])
     same = sum(golden.generate(r["prompt_ids"], len(r["output_ids"])) == r["output_ids"] for r in runs)
     first = runs[0]
-    exact = compare_with_golden(golden, CSim(ctx.artifacts["compile"]), first["prompt_ids"] + first["output_ids"])
+    exact = compare_with_golden(golden, CSim(ctx.artifacts["compile"], core=core),
+                                first["prompt_ids"] + first["output_ids"])
     result = {"prompts_same_tokens": f"{same}/{len(runs)}", **exact}
     if same != len(runs) or exact["integer_mismatches"]:
-        raise AssertionError(f"C-simulation differs from the golden model: {result}")
+        raise AssertionError(f"the engine (integer core: {core}) differs from the golden model: {result}")
     return result
+
+
+def verify_csim(ctx: StepContext) -> dict:
+    return check_with_golden(ctx, json.loads(ctx.artifacts["csim"].read_text())["runs"])
 
 
 def bitstream(ctx: StepContext) -> StepResult:
     """The board's build recipe files (the vendor tools run them; here they are only generated)."""
     from accllm.hls.bitstream_build import generate
 
-    e = ctx.flow.engine
     out = ctx.step_dir("bitstream")
-    written = generate(ctx.flow.board, out, lanes=e.lanes, group=e.group_size)
+    written = generate(ctx.artifacts["compile"], out, ctx.flow.board)
     return StepResult(out, {"files": sorted(written)})

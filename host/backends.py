@@ -6,7 +6,9 @@ last one (float32 numpy [vocab]). Prefill is ``forward(prompt)``, decode is ``fo
 
 - ``pynq``: a real board through :class:`accllm.host.driver.EngineDriver` on :class:`~accllm.host.mmio.PynqIO`.
 - ``csim``: the same driver on :class:`~accllm.host.mmio.SimIO`, whose ``ap_start`` runs the compiled
-  C-simulation library of the HLS kernel.
+  C-simulation library of the HLS kernel (the integer core as its C model).
+- ``rtl``: the same, with the kernel's integer core calls running the Verilated RTL core behind its HLS
+  blackbox wrapper (C/RTL co-simulation; needs a source checkout for ``hw/rtl``).
 - ``golden``: the torch golden model of the engine (``accllm.sim.golden``).
 - ``fakequant``: the Brevitas fake-quant model of the compressed checkpoint (the compression side of
   the verification chain), with the same Λ cache policy.
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-BACKENDS = ("csim", "golden", "pynq", "fakequant")
+BACKENDS = ("csim", "rtl", "golden", "pynq", "fakequant")
 
 
 class Backend(ABC):

@@ -14,7 +14,8 @@ def choose_bitstream(manifest, image, name: str | None = None, board: str | None
     def fits(e):
         return (e.built and (board is None or e.board.lower() == board.lower())
                 and e.program_format == _get(h, "program_format") and e.blob_format == _get(h, "blob_format")
-                and e.engine.lanes == _get(h, "lanes") and e.engine.group == _get(h, "group"))
+                and e.engine.lanes == _get(h, "lanes") and e.engine.group == _get(h, "group")
+                and e.dims == _get(h, "dims"))
 
     matches = [e for e in manifest.bitstreams if fits(e)]
     if len(matches) != 1:

@@ -71,7 +71,7 @@ def read_engine_image(build: BuildDir):
         raise ValueError(f"{ppath}: the program expects a {meta['kv_bytes']}-byte KV cache, the Λ layout of its "
                          f"dimensions is {layout.nbytes} bytes; recompile")
     header = {"program_format": prog.VERSION, "blob_format": blobfmt.VERSION,
-              "lanes": meta["engine"]["lanes"], "group": dims.group}
+              "lanes": meta["engine"]["lanes"], "group": dims.group, "dims": meta["dims"]}
     return EngineImage(
         header=header, args=vitis_arg_offsets(kernel_args()),
         buffers={"program": program, "blob": payload, "kv": layout.nbytes, "logits": 4 * dims.vocab,

@@ -1,5 +1,6 @@
-"""The lowest layer of the ``csim`` backend: :class:`~accllm.host.mmio.SimIO` whose ``ap_start`` calls the
-C-simulation library of the HLS kernel (``accllm.hls.csim``) on the buffers behind the argument registers."""
+"""The lowest layer of the ``csim`` and ``rtl`` backends: :class:`~accllm.host.mmio.SimIO` whose ``ap_start``
+calls the C-simulation library of the HLS kernel (``accllm.hls.csim``; ``core="rtl"`` links the Verilated RTL
+core) on the buffers behind the argument registers."""
 from __future__ import annotations
 
 import ctypes
@@ -7,10 +8,10 @@ import ctypes
 from .mmio import SimIO
 
 
-def csim_io(build, image) -> SimIO:
+def csim_io(build, image, core: str = "c") -> SimIO:
     from accllm.hls.csim import build_library
 
-    lib = ctypes.CDLL(str(build_library(build.path / "hls")))
+    lib = ctypes.CDLL(str(build_library(build.path / "hls", core)))
     lib.accllm_csim_step.restype = ctypes.c_int
     off = {a.name: a for a in image.args}
 

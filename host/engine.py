@@ -1,4 +1,5 @@
-"""The engine driver: the same code for the board (``pynq``) and the C-simulation (``csim``).
+"""The engine driver: the same code for the board (``pynq``), the C-simulation (``csim``) and the C/RTL
+co-simulation (``rtl``).
 
 Above :mod:`accllm.host.mmio` (register access + buffers) everything is shared:
 
@@ -143,7 +144,8 @@ class EngineDriver:
 
 
 class EngineBackend(Backend):
-    """A backend over :class:`EngineDriver`: ``pynq`` (board) or ``csim`` (C-simulation)."""
+    """A backend over :class:`EngineDriver`: ``pynq`` (board), ``csim`` (C-simulation) or ``rtl`` (the kernel
+    with the Verilated RTL core)."""
 
     def __init__(self, name: str, driver: EngineDriver):
         self.name, self.driver = name, driver
@@ -154,17 +156,17 @@ class EngineBackend(Backend):
     def open(cls, name: str, build, timeout_s: float = 10.0, bitstream: str | None = None,
              manifest: str | Path | None = None, board: str | None = None, **_) -> "EngineBackend":
         image = engine_image(build)  # verified before anything is allocated or started
-        if name == "csim":
+        if name in ("csim", "rtl"):
             from .csim import csim_io
 
-            io = csim_io(build, image)
+            io = csim_io(build, image, core="c" if name == "csim" else "rtl")
         elif name == "pynq":
             from .board import pynq_io
 
             io = pynq_io(image, bitstream=bitstream, manifest=manifest, board=board)
         else:
             raise ValueError(f"backend {name!r} is not an engine backend")
-        return cls(name, EngineDriver(io, image, timeout_s=timeout_s, poll_s=0.0 if name == "csim" else 1e-4))
+        return cls(name, EngineDriver(io, image, timeout_s=timeout_s, poll_s=0.0 if name != "pynq" else 1e-4))
 
     def reset(self) -> None:
         self.driver.reset()

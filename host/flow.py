@@ -60,10 +60,10 @@ STEPS: list[Step] = [
          verify="accllm.hls.steps:verify_compile"),
     Step("csim", "accllm.hls.steps:csim", ("evaluation.prompts", "evaluation.max_new_tokens"), ("compile",),
          verify="accllm.hls.steps:verify_csim"),
-    Step("rtlsim", "accllm.sim.steps:rtlsim", ("engine", "evaluation.prompts"), ("compress",),
+    Step("rtlsim", "accllm.sim.steps:rtlsim", ("evaluation.prompts", "evaluation.max_new_tokens"), ("compile",),
          verify="accllm.sim.steps:verify_rtlsim"),
     Step("perf", "accllm.sim.steps:perf", ("engine", "board"), ("compress",)),
-    Step("bitstream", "accllm.hls.steps:bitstream", ("engine", "board"), ("compile",)),
+    Step("bitstream", "accllm.hls.steps:bitstream", ("board",), ("compile",)),
     Step("deploy", "accllm.host.steps:deploy", ("board",), ("compress", "compile"), uses=("bitstream",)),
 ]
 STEP_NAMES: tuple[str, ...] = tuple(s.name for s in STEPS)

@@ -2,9 +2,12 @@
 
 What is measured and what is assumed:
 
-- The integer core's cycles per operation come from a linear fit ``cycles = per_beat * beats + per_packet *
-  packets + per_op`` to cycle counts of the RTL core simulated in Verilator (``bench/perf.py --calibrate``
-  writes ``data/perf_calibration.json``; the beat and packet counts are those of ``accllm.sim.core_stream``).
+- The integer core's cycles per call come from a linear fit ``cycles = per_beat * beats + per_packet *
+  packets + per_op`` to cycle counts of the RTL core behind its HLS blackbox wrapper, simulated in Verilator
+  (``accllm.sim.rtl_native``), from ap_start to ap_done: what one ``accllm_core_hls_bb()`` call of the kernel
+  costs (``bench/perf.py --calibrate`` writes ``data/perf_calibration.json``; the beat and packet counts are
+  those of ``accllm.sim.core_stream``). It is checked on held-out shapes, other LANES/GROUP builds, and every
+  core call of the bundled model's engine running with the RTL core.
 - Everything around the core is a stated assumption (:class:`Engine` fields): how many cores run in parallel,
   how the weights are packed in memory, the memory efficiency, the vector unit for the non-linear work and a
   fixed hand-off gap between dependent operations. None of it is calibrated, and no board has run it.
@@ -283,16 +286,17 @@ class PerfModel:
         return self.board.bytes_per_cycle * self.engine.mem_efficiency
 
     def core_op(self, layer: str, op: str, kind: str, tokens: int = 1, bytes_: float = 0.0,
-                macs: int = 0, **dims) -> OpCost:
-        """One operation split over the cores by packets (rows / keys / columns), repeated for ``tokens``
+                macs: int = 0, calls: int = 1, **dims) -> OpCost:
+        """``calls`` core calls of shape ``dims`` (the kernel calls the core once per linear and once per head for
+        QK and PV), each split over the cores by packets (rows / keys / columns), repeated for ``tokens``
         activation vectors (the core pairs every A beat with a B beat, so weights stream once per token)."""
         beats, packets = op_shape(kind, self.engine.lanes, **dims)
         per_packet = beats // packets if packets else 0
         core_packets = math.ceil(packets / self.engine.cores)
-        compute = tokens * self.timing.cycles(core_packets * per_packet, core_packets) if packets else 0.0
+        compute = tokens * calls * self.timing.cycles(core_packets * per_packet, core_packets) if packets else 0.0
         mem = bytes_ / self.bytes_per_cycle
-        return OpCost(layer, op, kind, macs * tokens, beats * tokens, packets * tokens, compute, bytes_, mem,
-                      max(compute, mem) + self.engine.op_gap)
+        return OpCost(layer, op, kind, macs * tokens, calls * beats * tokens, calls * packets * tokens, compute,
+                      bytes_, mem, max(compute, mem) + self.engine.op_gap)
 
     def linear(self, layer: str, name: str, n: int, k: int, sparse: bool, tokens: int = 1) -> OpCost:
         e = self.engine
@@ -320,8 +324,8 @@ class PerfModel:
         kv_tok = e.kv_bytes_per_token(m) / 2  # K (or V) bytes of one cached token in this layer
         qk = pv = None
         for t in keys:  # one query per new token, over all heads
-            a = self.core_op(name, "qk", "qk", 1, t * kv_tok, m.heads * t * m.head_dim, t=m.heads * t, d=m.head_dim)
-            b = self.core_op(name, "pv", "pv", 1, t * kv_tok, m.heads * t * m.head_dim, t=t, d=m.heads * m.head_dim)
+            a = self.core_op(name, "qk", "qk", 1, t * kv_tok, m.heads * t * m.head_dim, calls=m.heads, t=t, d=m.head_dim)
+            b = self.core_op(name, "pv", "pv", 1, t * kv_tok, m.heads * t * m.head_dim, calls=m.heads, t=t, d=m.head_dim)
             qk, pv = (a, b) if qk is None else (_add(qk, a), _add(pv, b))
         ops += [qk, self.vector(name, "softmax+quant", 3 * m.heads * sum(keys)), pv]
         ops.append(self.linear(name, "o_proj", *lin["o_proj"], e.sparse, tokens))
@@ -485,27 +489,68 @@ def make_op(kind: str, dims: dict, group: int, rng) -> dict:
             "vz": rng.integers(0, 16, size=t)}
 
 
-def measure_rtl(lanes: int, group: int, shapes: list[tuple[str, dict]], seed: int = 0, work_dir=None) -> list[dict]:
-    """Simulate the RTL core (Verilator via cocotb, outputs checked against the golden core) on ``shapes``;
-    return one sample per operation with its measured cycles and the model's beats and packets."""
+def core_stream_of(op: dict, lanes: int):
+    """The :class:`~accllm.sim.core_stream.CoreStream` and golden accumulators of a :func:`make_op` operation."""
+    from . import core_stream as cs
+    from . import golden_core as gc
+
+    kind, g = op["kind"], op.get("group")
+    if kind == "dense":
+        return cs.dense_stream(op["a"], op["codes"], op["zeros"], g, lanes), gc.dense_w2a8(op["a"], op["codes"], op["zeros"], g)
+    if kind == "sparse":
+        return (cs.sparse_stream(op["a"], op["vals"], op["pos"], op["zeros"], g, lanes),
+                gc.sparse_w2a8(op["a"], op["vals"], op["pos"], op["zeros"], g))
+    if kind == "qk":
+        return cs.qk_stream(op["q"], op["k"], op["kz"], lanes), gc.qk_a8kv4(op["q"], op["k"], op["kz"])
+    return cs.pv_stream(op["p"], op["v"], op["vz"], lanes), gc.pv_a8kv4(op["p"], op["v"], op["vz"])
+
+
+def measure_rtl(lanes: int, group: int, shapes: list[tuple[str, dict]], seed: int = 0) -> list[dict]:
+    """Run random operations of ``shapes`` on the Verilated core wrapper (``accllm.sim.rtl_native``; outputs
+    checked against the golden core); one sample per call with its measured cycles and the model's beats and
+    packets."""
     import numpy as np
 
-    from . import rtl_runner
+    from .rtl_native import RtlCore
 
     rng = np.random.default_rng(seed)
-    ops = [make_op(kind, dims, group, rng) for kind, dims in shapes]
-    core = rtl_runner.build_core(lanes, group)
-    rep = rtl_runner.run_job(core, ops, work_dir=work_dir, seed=seed)
-    if rep["mismatches"]:
-        raise RuntimeError(f"the RTL core disagrees with the golden model on {rep['mismatches']} outputs")
+    core = RtlCore(lanes, group)
     samples = []
-    for (kind, dims), r in zip(shapes, rep["ops"]):
+    for kind, dims in shapes:
+        stream, gold = core_stream_of(make_op(kind, dims, group, rng), lanes)
+        out, rec = core.run(stream)
+        bad = int((out != gold.numpy().reshape(-1)).sum())
+        if bad:
+            raise RuntimeError(f"the RTL core disagrees with the golden core on {bad} outputs of {kind} {dims}")
         beats, packets = op_shape(kind, lanes, **dims)
-        if beats != r["beats"]:
-            raise AssertionError(f"{r['name']}: the model counts {beats} beats, the testbench streamed {r['beats']}")
+        if (beats, packets) != (rec["beats"], rec["packets"]):
+            raise AssertionError(f"{kind} {dims}: the model counts {beats} beats / {packets} packets, the core "
+                                 f"consumed {rec['beats']} / {rec['packets']}")
         samples.append({"lanes": lanes, "group": group, "kind": kind, "dims": dims, "beats": beats,
-                        "packets": packets, "cycles": r["cycles"]})
+                        "packets": packets, "cycles": rec["cycles"]})
     return samples
+
+
+def measure_engine(build, prompt_ids: list[int]) -> list[dict]:
+    """Every core call the compiled engine makes for ``prompt_ids`` with the RTL core linked in (C/RTL
+    co-simulation), as samples: the real shapes of a model, measured inside the kernel."""
+    from accllm.hls.csim import CSim
+
+    from . import rtl_native
+    from .golden_core import MODE_NAMES
+
+    sim = CSim(build, core="rtl")
+    rtl_native.start_log(sim.lib)
+    errors = rtl_native.load_stats(sim.lib)["protocol_errors"]
+    for t in prompt_ids:
+        sim.step(t)
+    log = rtl_native.read_log(sim.lib)
+    if rtl_native.load_stats(sim.lib)["protocol_errors"] != errors:
+        raise RuntimeError("the RTL core broke the blackbox protocol during the engine run")
+    lanes = sim.meta["engine"]["lanes"]
+    return [{"lanes": lanes, "group": sim.meta["dims"]["group"], "kind": MODE_NAMES[r["mode"]],
+             "dims": {"call": i}, "beats": r["beats"], "packets": r["packets"], "cycles": r["cycles"]}
+            for i, r in enumerate(log)]
 
 
 # ---------------------------------------------------------------- CLI: accllm perf

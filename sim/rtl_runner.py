@@ -126,7 +126,14 @@ def build_core(lanes: int = DEFAULT_LANES, group: int = DEFAULT_GROUP, out_depth
     if waves not in (None, "fst", "vcd"):
         raise ValueError(f"waves must be None, 'fst' or 'vcd', got {waves!r}")
     if build_dir is None:
-        build_dir = Path(tempfile.gettempdir()) / f"accllm_core_L{lanes}_G{group}_D{out_depth}{'_' + waves if waves else ''}"
+        # Keyed by the tool and source locations too: make's dependency files name absolute paths, so a folder
+        # left by another checkout or virtual environment would not rebuild.
+        import cocotb
+        import hashlib
+
+        where = hashlib.sha256(f"{verilator_root()} {Path(cocotb.__file__).parent} {Path(rtl_dir).resolve()}".encode())
+        build_dir = Path(tempfile.gettempdir()) / (f"accllm_core_L{lanes}_G{group}_D{out_depth}"
+                                                   f"{'_' + waves if waves else ''}_{where.hexdigest()[:8]}")
     build_dir = Path(build_dir)
     runner = get_runner("verilator")
     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Flow steps owned by sim/: RTL simulation of the core on the compressed model's real tensors, and the
+"""Flow steps owned by sim/: the compiled engine with the RTL core (C/RTL co-simulation), and the
 performance projection (see accllm.host.flow)."""
 from __future__ import annotations
 
@@ -8,62 +8,45 @@ from dataclasses import asdict
 from accllm.host.flow import StepContext, StepResult
 
 
-def real_layer_ops(checkpoint, prompt_ids: list[int], layer: int = 0, head: int = 0) -> list[dict]:
-    """Core operations of one layer exactly as the golden model issues them for the last prompt token: the
-    seven linears (2:4 sparse or dense, with their int8 inputs), then QK and PV of one head over the cache."""
-    from accllm.sim.golden import GoldenModel
-
-    g = GoldenModel.load(checkpoint)
-    d = g.d
-    trace = []
-    for t in prompt_ids:
-        trace.clear()
-        g.step(t, trace)
-    tr, lin = trace[layer], g.w.linears[layer]
-    inputs = {"q_proj": "attn_in_a", "k_proj": "attn_in_a", "v_proj": "attn_in_a", "o_proj": "o_in_a",
-              "gate_proj": "mlp_in_a", "up_proj": "mlp_in_a", "down_proj": "down_in_a"}
-    ops = []
-    for name, field in inputs.items():
-        li, a = lin[name], tr[field].numpy()
-        if li.vals is not None:
-            ops.append({"kind": "sparse", "name": f"L{layer}.{name}", "group": d.group, "a": a,
-                        "vals": li.vals.numpy(), "pos": li.pos.numpy(), "zeros": li.zeros.numpy()})
-        else:
-            ops.append({"kind": "dense", "name": f"L{layer}.{name}", "group": d.group, "a": a,
-                        "codes": li.codes.numpy(), "zeros": li.zeros.numpy()})
-    n = min(len(prompt_ids), d.slots)  # occupied cache slots
-    kv_head = head // (d.heads // d.kv_heads)
-    c, z = g.cache.codes[layer, :, kv_head, :n], g.cache.zeros[layer, :, kv_head, :n]
-    ops.append({"kind": "qk", "name": f"L{layer}.h{head}.qk", "q": tr["q_a"][head].numpy(),
-                "k": c[0].numpy(), "kz": z[0].numpy()})
-    ops.append({"kind": "pv", "name": f"L{layer}.h{head}.pv", "p": tr["p_a"][head, :n].numpy(),
-                "v": c[1].numpy(), "vz": z[1].numpy()})
-    return ops
-
-
 def rtlsim(ctx: StepContext) -> StepResult:
-    from transformers import AutoTokenizer
+    """The compiled engine with the RTL core (the HLS kernel's blackbox calls run the Verilated
+    ``accllm_core_hls_bb`` wrapper): greedy tokens on the flow's prompts and the core's measured cycles."""
+    from collections import defaultdict
 
-    from accllm.sim.rtl_runner import build_core, run_job
+    from accllm.hls.csim import CSim
+    from accllm.hls.steps import run_prompts
+    from accllm.sim import rtl_native
+    from accllm.sim.golden_core import MODE_NAMES
 
-    e = ctx.flow.engine
-    tok = AutoTokenizer.from_pretrained(ctx.artifacts["compress"])
-    ops = real_layer_ops(ctx.artifacts["compress"], tok.encode(ctx.flow.evaluation.prompts[0]))
-    out = ctx.step_dir("rtlsim")
-    report = run_job(build_core(e.lanes, e.group_size), ops, work_dir=out / "work")
-    summary = {k: report[k] for k in ("lanes", "group", "by_kind", "mismatches", "outputs", "cycles", "sim_cycles_per_s")}
-    summary["ops"] = [{k: r[k] for k in ("name", "kind", "outputs", "beats", "cycles", "utilization", "mismatches")}
-                      for r in report["ops"]]
-    path = out / "rtl.json"
+    sim = CSim(ctx.artifacts["compile"], core="rtl")
+    rtl_native.start_log(sim.lib)
+    runs, seconds, n = run_prompts(ctx, sim)
+    log = rtl_native.read_log(sim.lib)
+    by_mode = defaultdict(lambda: {"calls": 0, "beats": 0, "outputs": 0, "cycles": 0})
+    for r in log:
+        m = by_mode[MODE_NAMES[r["mode"]]]
+        for k in ("beats", "outputs", "cycles"):
+            m[k] += r[k]
+        m["calls"] += 1
+    stats = rtl_native.load_stats(sim.lib)
+    summary = {"runs": runs, "seconds": seconds, "tokens_fed": n, "core_calls": len(log),
+               "core_cycles": sum(r["cycles"] for r in log), "core_beats": sum(r["beats"] for r in log),
+               "core_cycles_per_token": sum(r["cycles"] for r in log) / n, "by_mode": dict(by_mode),
+               "protocol_errors": stats["protocol_errors"]}
+    path = ctx.step_dir("rtlsim") / "rtlsim.json"
     path.write_text(json.dumps(summary, indent=1))
-    return StepResult(path, {"mismatches": report["mismatches"], "cycles": report["cycles"]})
+    return StepResult(path, {"tokens_per_s": round(n / seconds, 2), "core_cycles_per_token":
+                             round(summary["core_cycles_per_token"]), "protocol_errors": stats["protocol_errors"]})
 
 
 def verify_rtlsim(ctx: StepContext) -> dict:
+    """No blackbox protocol error, and the same tokens and integers as the golden model (as for csim)."""
+    from accllm.hls.steps import check_with_golden
+
     r = json.loads(ctx.artifacts["rtlsim"].read_text())
-    if r["mismatches"]:
-        raise AssertionError(f"RTL core differs from the golden core in {r['mismatches']} outputs")
-    return {"outputs_compared": r["outputs"], "mismatches": r["mismatches"]}
+    if r["protocol_errors"]:
+        raise AssertionError(f"the RTL core broke the blackbox protocol {r['protocol_errors']} times")
+    return {"protocol_errors": 0, **check_with_golden(ctx, r["runs"], core="rtl")}
 
 
 def perf(ctx: StepContext) -> StepResult:

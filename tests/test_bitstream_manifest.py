@@ -7,17 +7,20 @@ import pytest
 from accllm.hls import manifest as mf
 
 
+DIMS = {"vocab": 4096, "hidden": 256, "layers": 6, "heads": 8, "kv_heads": 4, "head_dim": 32, "group": 32}
+
+
 def _entry(flow="vivado", **kw):
     arts = {"xclbin": {"path": "u280/x.xclbin"}} if flow == "vitis" else {"bit": {"path": "kv260/x.bit"},
                                                                           "hwh": {"path": "kv260/x.hwh"}}
     e = {"name": "x", "board": "u280" if flow == "vitis" else "kv260", "flow": flow, "kernel": "accllm_kernel",
-         "engine": {"lanes": 16, "group": 32}, "program_format": 3, "blob_format": 2, "clock_mhz": 200.0,
+         "engine": {"lanes": 16, "group": 32}, "dims": DIMS, "program_format": 3, "blob_format": 2, "clock_mhz": 200.0,
          "artifacts": arts, "recipe": "u280" if flow == "vitis" else "zynq"}
     e.update(kw)
     return e
 
 
-HEADER = {"program_format": 3, "blob_format": 2, "lanes": 16, "group": 32}
+HEADER = {"program_format": 3, "blob_format": 2, "lanes": 16, "group": 32, "dims": DIMS}
 
 
 @pytest.fixture
@@ -73,6 +76,13 @@ def test_program_mismatch_refused(built, key, value, words):
     m, root = built
     with pytest.raises(mf.BitstreamMismatch, match=f"{key}: the program has {words}"):
         mf.verify_bitstream(m.entry("x"), root / "kv260" / "x.bit", {**HEADER, key: value})
+
+
+def test_other_model_refused(built):
+    """Same formats and engine parameters, but the kernel was synthesised for other model dimensions."""
+    m, root = built
+    with pytest.raises(mf.BitstreamMismatch, match=r"differ in hidden \(512 vs 256\), layers \(12 vs 6\)"):
+        mf.verify_bitstream(m.entry("x"), root / "kv260" / "x.bit", {**HEADER, "dims": {**DIMS, "hidden": 512, "layers": 12}})
 
 
 def test_header_missing_field_refused(built):

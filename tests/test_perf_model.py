@@ -36,6 +36,9 @@ def test_calibration_fit_and_held_out_error():
     assert timing.per_beat == pytest.approx(rec["fit"]["per_beat"]) and timing.per_op == pytest.approx(rec["fit"]["per_op"])
     assert {(s["lanes"], s["group"]) for s in held} > {perf.FIT_CONFIG}, "held-out set must include other core builds"
     assert perf.timing_errors(timing, held)["max_abs_rel_error"] <= 0.10
+    engine = rec["engine_samples"]  # measured shapes of the engine's calls (not recomputable from dims)
+    assert len(engine) > 100 and {s["kind"] for s in engine} >= {"qk", "pv"}
+    assert perf.timing_errors(timing, engine)["max_abs_rel_error"] <= 0.10
 
 
 def test_fit_recovers_known_coefficients():
@@ -114,9 +117,15 @@ def test_cli_perf(capsys, tmp_path):
     assert "unknown board 'nosuch'; known boards: kv260, u280, zcu104" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_calibration_against_fresh_rtl_runs():
-    """Simulate held-out shapes on the RTL now and compare with the committed fit (needs Verilator builds)."""
+def test_calibration_against_fresh_rtl_runs(tmp_path_factory):
+    """Measure now, on the Verilated core wrapper, held-out shapes and the real calls of the bundled model's
+    engine (C/RTL co-simulation); the committed fit must predict every call within 10%."""
+    from flow_fixtures import flow_paths
+
     timing, _ = perf.load_calibration()
     samples = perf.measure_rtl(16, 32, perf.HELD_OUT[(16, 32)], seed=7)
     assert perf.timing_errors(timing, samples)["max_abs_rel_error"] <= 0.10
+    _, _, build = flow_paths(tmp_path_factory)
+    calls = perf.measure_engine(build, [5, 100, 7])
+    assert {s["kind"] for s in calls} >= {"qk", "pv"} and len(calls) > 100
+    assert perf.timing_errors(timing, calls)["max_abs_rel_error"] <= 0.10

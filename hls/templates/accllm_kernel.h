@@ -1,6 +1,6 @@
 // accllm engine kernels: templated on a config struct (see the generated parameters.h), never generated.
-// Arithmetic follows accllm.sim.golden (the golden model) operation for operation; the integer core follows
-// accllm.sim.golden_core and its stream format accllm.sim.core_stream. Compile without -ffast-math and with
+// Arithmetic follows accllm.sim.golden (the golden model) operation for operation; every integer reduction runs
+// on the RTL core (accllm_core_hls_bb.h) in the beat format of accllm.sim.core_stream. Compile without -ffast-math and with
 // -ffp-contract=off: float results must be the IEEE results of exactly these operations.
 #ifndef ACCLLM_KERNEL_H
 #define ACCLLM_KERNEL_H
@@ -9,8 +9,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "ap_int.h"
-#include "hls_stream.h"
+#include "accllm_core_hls_bb.h"
 
 namespace accllm {
 
@@ -26,8 +25,6 @@ struct engine_config {
     typedef ap_int<32> accum_t;    // core accumulator (cannot overflow for reductions <= 2^16)
     static constexpr float act_min_scale = 1e-4f;
 };
-
-template <unsigned L> struct beat_t { uint8_t b[L]; };
 
 inline uint32_t rd_u32(const uint8_t *p) { return p[0] | (p[1] << 8) | (p[2] << 16) | ((uint32_t)p[3] << 24); }
 inline float rd_f32(const uint8_t *p) { float f; std::memcpy(&f, p, 4); return f; }
@@ -116,64 +113,52 @@ template <class CFG> void silu_mul(float *g, const float *u, unsigned n) {
     }
 }
 
-// ---------------------------------------------------------------- linear: load -> integer core -> dequant
+// ---------------------------------------------------------------- the integer core (RTL blackbox)
 
-template <class CFG> void load_beats(const uint8_t *beats, unsigned count, hls::stream<beat_t<CFG::lanes> > &out) {
-    for (unsigned i = 0; i < count; i++) {
-#pragma HLS PIPELINE II = 1
-        beat_t<CFG::lanes> bt;
-        std::memcpy(bt.b, beats + (size_t)i * CFG::lanes, CFG::lanes);
-        out.write(bt);
-    }
+// Every integer reduction runs on the RTL core through accllm_core_hls_bb(): a feeder process writes its A and B
+// beats (accllm.sim.core_stream), the core runs one operation, a drain process reads the accumulators. The three
+// form a DATAFLOW region, so in hardware the beats stream through the core's FIFOs instead of being buffered.
+template <class CFG> void check_core_build() {
+    static_assert(CFG::lanes == ACCLLM_LANES, "parameters.h: LANES differs from the blackbox build (ACCLLM_LANES)");
+    static_assert(CFG::group == ACCLLM_GROUP, "parameters.h: group differs from the blackbox build (ACCLLM_GROUP)");
 }
 
-// Integer core, W2 modes (DENSE / SPARSE), one accumulator per (row, group) (accllm.sim.golden_core).
-template <class CFG> void core_w2a8(const typename CFG::act_t *a, hls::stream<beat_t<CFG::lanes> > &in,
-                                   hls::stream<typename CFG::accum_t> &out, unsigned n, unsigned k, unsigned mode) {
+inline int32_t acc_value(const accllm_acc_t &w) { return (int32_t)(uint32_t)w.range(31, 0).to_uint(); }
+
+// W2 linear: A = the activation chunk (L inputs dense, 2L sparse) re-sent for every row, B = the blob's beats.
+template <class CFG> void feed_linear(const typename CFG::act_t *a, const uint8_t *beats, unsigned n, unsigned k,
+                                     unsigned mode, hls::stream<accllm_a_t> &as, hls::stream<accllm_b_t> &bs) {
     const unsigned L = CFG::lanes;
     const unsigned per_beat = mode == MODE_SPARSE ? 2 * L : L;
-    const unsigned beats_per_group = CFG::group / per_beat;
+    const unsigned row_beats = k / per_beat;
+    accllm_a_t a_words[CFG::max_vec / CFG::lanes];  // the row's A beats, packed once and re-sent for every row
+    uint8_t ab[2 * CFG::lanes];
+    for (unsigned c = 0; c < row_beats; c++) {
+        for (unsigned i = 0; i < per_beat; i++) ab[i] = (uint8_t)a[c * per_beat + i].range(7, 0).to_uint();
+        accllm_set_bytes(a_words[c], ab, per_beat);
+    }
     for (unsigned row = 0; row < n; row++) {
-        for (unsigned g = 0; g < k / CFG::group; g++) {
-            typename CFG::accum_t acc = 0;
-            for (unsigned bi = 0; bi < beats_per_group; bi++) {
+        for (unsigned c = 0; c < row_beats; c++) {
 #pragma HLS PIPELINE II = 1
-                beat_t<L> bt = in.read();
-                const unsigned base = g * CFG::group + bi * per_beat;
-                if (mode == MODE_SPARSE) {
-                    ap_uint<2> z = bt.b[L / 2] & 3;
-                    for (unsigned l = 0; l < L; l++) {
-#pragma HLS UNROLL
-                        ap_uint<2> c = (bt.b[l / 4] >> (2 * (l % 4))) & 3;
-                        ap_uint<2> p = (bt.b[L / 4 + l / 4] >> (2 * (l % 4))) & 3;
-                        ap_int<3> wv = (ap_int<3>)c - (ap_int<3>)z;
-                        acc += a[base + 4 * (l / 2) + p] * wv;
-                    }
-                } else {
-                    ap_uint<2> z = bt.b[L / 4] & 3;
-                    for (unsigned l = 0; l < L; l++) {
-#pragma HLS UNROLL
-                        ap_uint<2> c = (bt.b[l / 4] >> (2 * (l % 4))) & 3;
-                        ap_int<3> wv = (ap_int<3>)c - (ap_int<3>)z;
-                        acc += a[base + l] * wv;
-                    }
-                }
-            }
-            out.write(acc);
+            accllm_b_t bw;
+            accllm_set_bytes(bw, beats + ((size_t)row * row_beats + c) * L, L);
+            bw[8 * L] = c == row_beats - 1;
+            as.write(a_words[c]);
+            bs.write(bw);
         }
     }
 }
 
 // Group-wise dequantisation: y[n] = float32(sum_g double(acc[n,g]) * double(s_w[n,g])) * s_x.
-template <class CFG> void dequant(hls::stream<typename CFG::accum_t> &in, const uint8_t *scales, float sx, float *y,
+template <class CFG> void dequant(hls::stream<accllm_acc_t> &in, const uint8_t *scales, float sx, float *y,
                                   unsigned n, unsigned groups, int32_t *tr_acc) {
     for (unsigned row = 0; row < n; row++) {
         double sum = 0.0;
         for (unsigned g = 0; g < groups; g++) {
 #pragma HLS PIPELINE II = 1
-            typename CFG::accum_t acc = in.read();
-            if (tr_acc) tr_acc[row * groups + g] = (int32_t)acc.to_int();
-            sum += (double)acc.to_int() * (double)rd_f32(scales + 4 * ((size_t)row * groups + g));
+            const int32_t acc = acc_value(in.read());
+            if (tr_acc) tr_acc[row * groups + g] = acc;
+            sum += (double)acc * (double)rd_f32(scales + 4 * ((size_t)row * groups + g));
         }
         y[row] = (float)sum * sx;
     }
@@ -183,13 +168,15 @@ template <class CFG> void linear_dataflow(const typename CFG::act_t *a, float sx
                                           const uint8_t *scales, float *y, unsigned n, unsigned k, unsigned mode,
                                           int32_t *tr_acc) {
 #pragma HLS DATAFLOW
-    hls::stream<beat_t<CFG::lanes> > bs("beats");
-    hls::stream<typename CFG::accum_t> accs("accumulators");
+    check_core_build<CFG>();
+    hls::stream<accllm_a_t> as("a_beats");
+    hls::stream<accllm_b_t> bs("b_beats");
+    hls::stream<accllm_acc_t> accs("accumulators");
+#pragma HLS STREAM variable = as depth = 4
 #pragma HLS STREAM variable = bs depth = 4
 #pragma HLS STREAM variable = accs depth = 4
-    const unsigned per_beat = mode == MODE_SPARSE ? 2 * CFG::lanes : CFG::lanes;
-    load_beats<CFG>(beats, n * (k / per_beat), bs);
-    core_w2a8<CFG>(a, bs, accs, n, k, mode);
+    feed_linear<CFG>(a, beats, n, k, mode, as, bs);
+    accllm_core_hls_bb(as, bs, accs, mode, n * (k / CFG::group));
     dequant<CFG>(accs, scales, sx, y, n, k / CFG::group, tr_acc);
 }
 
@@ -221,14 +208,91 @@ template <class CFG> void kv_load(const uint8_t *p, uint8_t *codes, float *s, ui
     *z = p[CFG::head_dim / 2 + 4];
 }
 
-// Integer core, QK mode: acc = sum_d q[d] * (k[d] - kz).
-template <class CFG> typename CFG::accum_t core_qk(const typename CFG::act_t *q, const uint8_t *k, uint8_t kz) {
-    typename CFG::accum_t acc = 0;
-    for (unsigned d = 0; d < CFG::head_dim; d++) {
-#pragma HLS UNROLL factor = CFG::lanes
-        acc += q[d] * ((ap_int<5>)(typename CFG::kvcode_t)k[d] - (ap_int<5>)(typename CFG::kvcode_t)kz);
+// QK, one head: a packet per key t, A = the query (the sink-rotated one for sink keys), B = k[t] codes + kz[t];
+// D is padded to a multiple of L with q = 0 and code = kz (products exactly 0).
+template <class CFG> void feed_qk(const typename CFG::act_t *q, const typename CFG::act_t *qs, unsigned sink_keys,
+                                 const uint8_t (*kc)[CFG::head_dim], const uint8_t *kz, unsigned n,
+                                 hls::stream<accllm_a_t> &as, hls::stream<accllm_b_t> &bs) {
+    const unsigned L = CFG::lanes, D = CFG::head_dim, per = (D + L - 1) / L;
+    uint8_t ab[CFG::lanes], bb[CFG::lanes];
+    for (unsigned t = 0; t < n; t++) {
+        const typename CFG::act_t *qt = t < sink_keys ? qs : q;
+        for (unsigned c = 0; c < per; c++) {
+#pragma HLS PIPELINE II = 1
+            for (unsigned j = 0; j < L; j++) bb[j] = 0;
+            for (unsigned l = 0; l < L; l++) {
+                const unsigned d = c * L + l;
+                ab[l] = d < D ? (uint8_t)qt[d].range(7, 0).to_uint() : 0;
+                bb[l / 2] |= (d < D ? kc[t][d] : kz[t]) << (4 * (l % 2));
+            }
+            bb[L / 2] = kz[t];
+            accllm_a_t aw;
+            accllm_set_bytes(aw, ab, L);
+            accllm_b_t bw;
+            accllm_set_bytes(bw, bb, L);
+            bw[8 * L] = c == per - 1;
+            as.write(aw);
+            bs.write(bw);
+        }
     }
-    return acc;
+}
+
+// PV, one head: a packet per output column d, A = the probabilities of L tokens, B = v[t, d] codes + vz[t] (one
+// zero point per lane); T is padded to a multiple of L with p = 0, code = zero = 0.
+template <class CFG> void feed_pv(const typename CFG::act_t *p, const uint8_t (*vc)[CFG::head_dim], const uint8_t *vz,
+                                 unsigned n, hls::stream<accllm_a_t> &as, hls::stream<accllm_b_t> &bs) {
+    const unsigned L = CFG::lanes, D = CFG::head_dim, per = (n + L - 1) / L;
+    uint8_t ab[CFG::lanes], bb[CFG::lanes];
+    for (unsigned d = 0; d < D; d++) {
+        for (unsigned c = 0; c < per; c++) {
+#pragma HLS PIPELINE II = 1
+            for (unsigned j = 0; j < L; j++) bb[j] = 0;
+            for (unsigned l = 0; l < L; l++) {
+                const unsigned t = c * L + l;
+                ab[l] = t < n ? (uint8_t)p[t].range(7, 0).to_uint() : 0;
+                bb[l / 2] |= (t < n ? vc[t][d] : 0) << (4 * (l % 2));
+                bb[L / 2 + l / 2] |= (t < n ? vz[t] : 0) << (4 * (l % 2));
+            }
+            accllm_a_t aw;
+            accllm_set_bytes(aw, ab, L);
+            accllm_b_t bw;
+            accllm_set_bytes(bw, bb, L);
+            bw[8 * L] = c == per - 1;
+            as.write(aw);
+            bs.write(bw);
+        }
+    }
+}
+
+inline void drain(hls::stream<accllm_acc_t> &in, int32_t *acc, unsigned n) {
+    for (unsigned i = 0; i < n; i++) {
+#pragma HLS PIPELINE II = 1
+        acc[i] = acc_value(in.read());
+    }
+}
+
+template <class CFG> void qk_dataflow(const typename CFG::act_t *q, const typename CFG::act_t *qs, unsigned sink_keys,
+                                     const uint8_t (*kc)[CFG::head_dim], const uint8_t *kz, unsigned n, int32_t *acc) {
+#pragma HLS DATAFLOW
+    check_core_build<CFG>();
+    hls::stream<accllm_a_t> as("qk_a");
+    hls::stream<accllm_b_t> bs("qk_b");
+    hls::stream<accllm_acc_t> os("qk_acc");
+    feed_qk<CFG>(q, qs, sink_keys, kc, kz, n, as, bs);
+    accllm_core_hls_bb(as, bs, os, MODE_QK, n);
+    drain(os, acc, n);
+}
+
+template <class CFG> void pv_dataflow(const typename CFG::act_t *p, const uint8_t (*vc)[CFG::head_dim],
+                                     const uint8_t *vz, unsigned n, int32_t *acc) {
+#pragma HLS DATAFLOW
+    check_core_build<CFG>();
+    hls::stream<accllm_a_t> as("pv_a");
+    hls::stream<accllm_b_t> bs("pv_b");
+    hls::stream<accllm_acc_t> os("pv_acc");
+    feed_pv<CFG>(p, vc, vz, n, as, bs);
+    accllm_core_hls_bb(as, bs, os, MODE_PV, CFG::head_dim);
+    drain(os, acc, CFG::head_dim);
 }
 
 template <class CFG> void attention(unsigned layer, unsigned pos, const float *q, const float *k, const float *v,
@@ -276,24 +340,21 @@ template <class CFG> void attention(unsigned layer, unsigned pos, const float *q
             kv_load<CFG>(kv_slot<CFG>(kv, layer, 1, kvh, t), vc[t], &vs[t], &vz[t]);
         }
         for (unsigned h = kvh * G; h < (kvh + 1) * G; h++) {
+            int32_t acc[CFG::slots > CFG::head_dim ? CFG::slots : CFG::head_dim];
+            qk_dataflow<CFG>(qa[h], qs[h], sink_rot ? CFG::sinks : 0, kc, kz, n, acc);
             for (unsigned t = 0; t < n; t++) {
                 const bool sink = sink_rot && t < CFG::sinks;
-                typename CFG::accum_t acc = core_qk<CFG>(sink ? qs[h] : qa[h], kc[t], kz[t]);
-                if (tr) tr_qk[h * S + t] = acc.to_int();
-                score[t] = (((float)acc.to_int() * (sink ? sqs[h] : sq[h])) * ks[t]) * CFG::scaling;
+                if (tr) tr_qk[h * S + t] = acc[t];
+                score[t] = (((float)acc[t] * (sink ? sqs[h] : sq[h])) * ks[t]) * CFG::scaling;
             }
             softmax<CFG>(score, p, n);
             for (unsigned t = 0; t < n; t++) p[t] = p[t] * vs[t];  // V scale folded into p (engine PV mode)
             float sp = act_quant<CFG>(p, n, pa);
             if (tr) for (unsigned t = 0; t < n; t++) tr_p[h * S + t] = pa[t].to_int();
-            for (unsigned d = 0; d < D; d++) {  // integer core, PV mode: acc = sum_t p[t] * (v[t,d] - vz[t])
-                typename CFG::accum_t acc = 0;
-                for (unsigned t = 0; t < n; t++) {
-#pragma HLS PIPELINE II = 1
-                    acc += pa[t] * ((ap_int<5>)(typename CFG::kvcode_t)vc[t][d] - (ap_int<5>)(typename CFG::kvcode_t)vz[t]);
-                }
-                if (tr) tr_pv[h * D + d] = acc.to_int();
-                out[h * D + d] = (float)acc.to_int() * sp;
+            pv_dataflow<CFG>(pa, vc, vz, n, acc);
+            for (unsigned d = 0; d < D; d++) {
+                if (tr) tr_pv[h * D + d] = acc[d];
+                out[h * D + d] = (float)acc[d] * sp;
             }
         }
     }

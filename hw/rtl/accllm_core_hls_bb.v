@@ -76,7 +76,7 @@ module accllm_core_hls_bb #(
     assign a_read    = running && a_empty_n && s_a_tready;
     assign b_read    = running && b_empty_n && s_b_tready;
     assign acc_din   = {m_tlast, m_tdata};
-    assign acc_write = running && m_tvalid;
+    assign acc_write = running && m_tvalid && acc_full_n;  // never write a full FIFO
 
     accllm_core #(.LANES(LANES), .GROUP(GROUP), .OUT_DEPTH(OUT_DEPTH)) u_core (
         .clk(ap_clk),

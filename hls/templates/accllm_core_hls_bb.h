@@ -1,0 +1,49 @@
+// C++ face of the RTL integer core for Vitis HLS: the blackbox described by the generated blackbox.json.
+//
+// The kernel (accllm_kernel.h) calls accllm_core_hls_bb() once per core operation. Synthesis replaces the call
+// by bitstreams/common/accllm_core_hls_bb.v (hw/rtl/accllm_core behind FIFO / ap_ctrl_chain ports); C simulation
+// links either the C model accllm_core_hls_bb.cpp or the Verilated RTL (accllm.hls.cosim). Beat layouts:
+// accllm.sim.core_stream (the one definition).
+#ifndef ACCLLM_CORE_HLS_BB_H
+#define ACCLLM_CORE_HLS_BB_H
+#include <stdint.h>
+
+#include "ap_int.h"
+#include "hls_stream.h"
+
+#ifndef ACCLLM_LANES
+#define ACCLLM_LANES 16
+#endif
+#ifndef ACCLLM_GROUP
+#define ACCLLM_GROUP 32
+#endif
+
+typedef ap_uint<16 * ACCLLM_LANES> accllm_a_t;      // A beat: int8 operands
+typedef ap_uint<8 * ACCLLM_LANES + 1> accllm_b_t;   // B beat: {tlast, codes / positions / zero points}
+typedef ap_uint<33> accllm_acc_t;                    // output: {tlast, int32 accumulator}
+
+// mode: 0 DENSE, 1 SPARSE, 2 QK, 3 PV. n_out: accumulators the operation produces (the call returns after them).
+void accllm_core_hls_bb(hls::stream<accllm_a_t> &a, hls::stream<accllm_b_t> &b, hls::stream<accllm_acc_t> &acc,
+                        ap_uint<2> mode, ap_uint<32> n_out);
+
+// Bytes <-> beat words, 64 bits at a time (byte i = bits [8i+7:8i]); nbytes <= the word's bytes. Whole-word
+// shifts rather than range() selects: several times faster in C simulation, the same wiring in hardware.
+template <int W> void accllm_set_bytes(ap_uint<W> &w, const uint8_t *bytes, unsigned nbytes) {
+    w = 0;
+    for (int j = (int)((nbytes + 7) / 8) - 1; j >= 0; j--) {
+        uint64_t v = 0;
+        for (unsigned i = 0; i < 8 && 8 * j + i < nbytes; i++) v |= (uint64_t)bytes[8 * j + i] << (8 * i);
+        w <<= 64;
+        w |= ap_uint<W>(v);
+    }
+}
+
+template <int W> void accllm_get_bytes(const ap_uint<W> &w, uint8_t *bytes, unsigned nbytes) {
+    ap_uint<W> t = w;
+    for (unsigned j = 0; 8 * j < nbytes; j++) {
+        const uint64_t v = t.to_uint64();
+        t >>= 64;
+        for (unsigned i = 0; i < 8 && 8 * j + i < nbytes; i++) bytes[8 * j + i] = (uint8_t)(v >> (8 * i));
+    }
+}
+#endif
