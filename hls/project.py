@@ -10,7 +10,7 @@ from pathlib import Path
 from accllm.sim.golden import Dims
 
 TEMPLATES = Path(__file__).parent / "templates"
-SOURCES = ("accllm_kernel.h", "accllm_top.cpp", "csim_api.cpp", "build_hls.tcl")
+SOURCES = ("accllm_kernel.h", "accllm_top.cpp", "csim_api.cpp")
 # The integer core's C face: its declaration, and the C model C-simulation links in place of the RTL.
 BLACKBOX_H, BLACKBOX_C = "accllm_core_hls_bb.h", "accllm_core_hls_bb.cpp"
 
@@ -56,9 +56,7 @@ def write_project(out: Path, d: Dims, engine: dict, trace: dict) -> Path:
     for name in SOURCES + (BLACKBOX_H, BLACKBOX_C):
         shutil.copyfile(TEMPLATES / name, out / name)
     (out / "parameters.h").write_text(parameters_h(d, engine["lanes"], trace))
+    # Synthesis needs the RTL core as a blackbox: the Tcl comes from accllm.hls.bitstream_build (bitstreams/).
     (out / "hls_target.tcl").write_text(
         f"set_part {{{engine['part']}}}\ncreate_clock -period {engine['clock_ns']} -name default\n")
-    (out / "hls_config.cfg").write_text(
-        f"part={engine['part']}\n\n[hls]\nflow_target=vitis\nclock={engine['clock_ns']}ns\nsyn.top=accllm_top\n"
-        "syn.file=accllm_top.cpp\ntb.file=csim_api.cpp\npackage.output.format=xo\n")
     return out
