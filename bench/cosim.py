@@ -12,7 +12,6 @@ import json
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -36,7 +35,6 @@ def main(argv=None) -> int:
     from accllm.hls.flow import export_and_compile
     from accllm.sim import perf, rtl_native
     from accllm.sim.golden import GoldenModel
-    from accllm.sim.golden_core import MODE_NAMES
 
     _, build = export_and_compile(BUNDLED_COMPRESSED, Path(tempfile.gettempdir()) / "accllm_bench_cosim")
     tok = AutoTokenizer.from_pretrained(BUNDLED_COMPRESSED)
@@ -46,25 +44,22 @@ def main(argv=None) -> int:
     csim, golden = CSim(build), GoldenModel.load(BUNDLED_COMPRESSED)
     timing, _ = perf.load_calibration()
     rows, t_rtl, t_c, fed = [], 0.0, 0.0, 0
-    by_mode = defaultdict(lambda: {"calls": 0, "beats": 0, "cycles": 0, "predicted": 0.0})
+    log = []
     for p in tqdm(PROMPTS[: a.prompts], desc="prompts"):
         ids = tok.encode(p)
         rtl_native.start_log(rtl.lib)
         t = time.perf_counter(); r = rtl.generate(ids, a.new); t_rtl += time.perf_counter() - t
-        log = rtl_native.read_log(rtl.lib)
+        log += rtl_native.read_log(rtl.lib)
         t = time.perf_counter(); c = csim.generate(ids, a.new); t_c += time.perf_counter() - t
         g = golden.generate(ids, a.new)
         fed += len(ids) + len(r) - 1  # greedy() feeds the prompt, then every generated token but the last
-        for rec in log:
-            m = by_mode[MODE_NAMES[rec["mode"]]]
-            m["calls"] += 1
-            m["beats"] += rec["beats"]
-            m["cycles"] += rec["cycles"]
-            m["predicted"] += timing.cycles(rec["beats"], rec["packets"])
         rows.append({"prompt": p, "rtl_ids": r, "same_as_csim": r == c, "same_as_golden": r == g})
     first = tok.encode(PROMPTS[0]) + rows[0]["rtl_ids"]
     exact = compare_with_golden(golden, rtl, first)
     stats = rtl_native.load_stats(rtl.lib)
+    by_mode = rtl_native.log_by_mode(log)
+    for m in by_mode.values():  # the fit is linear, so a mode's sums predict its total
+        m["predicted"] = timing.per_beat * m["beats"] + timing.per_packet * m["packets"] + timing.per_op * m["calls"]
     cycles = sum(m["cycles"] for m in by_mode.values())
     res = {"model": str(BUNDLED_COMPRESSED.name), "prompts": a.prompts, "new_tokens": a.new, "tokens_fed": fed,
            "library_build_s": t_build, "rtl_tokens_per_s": fed / t_rtl, "csim_tokens_per_s": fed / t_c,

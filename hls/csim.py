@@ -63,20 +63,20 @@ def build_library(hls_dir, core: str = "c", verbose: bool = False) -> Path:
         if not f.is_file():
             raise FileNotFoundError(f"HLS project file {f} is missing; run `accllm compile` again")
         h.update(f.name.encode() + f.read_bytes())
-    extra, inc, libs = [str(hls_dir / BLACKBOX_C)], [], []  # libs: objects / archives linked in
+    core_files = [str(hls_dir / BLACKBOX_C)]  # the C model, or the Verilated core's objects and archives
     if core == "rtl":
         from accllm.sim import rtl_native
 
         model = rtl_native.build_wrapper(*read_core_params(hls_dir), verbose=verbose)
         h.update(model.key.encode())
-        extra, inc, libs = [], [], model.objects
+        core_files = list(map(str, model.objects))
     lib = cache_dir() / f"accllm_csim_{core}_{h.hexdigest()[:16]}.so"
     if lib.is_file():
         return lib
     lib.parent.mkdir(parents=True, exist_ok=True)
     tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-    cmd = ["g++", *CXXFLAGS, "-I", str(hls_dir), "-I", str(ap_types_dir()), *[f"-I{d}" for d in inc],
-           str(hls_dir / "accllm_top.cpp"), str(hls_dir / "csim_api.cpp"), *extra, *map(str, libs), "-pthread",
+    cmd = ["g++", *CXXFLAGS, "-I", str(hls_dir), "-I", str(ap_types_dir()),
+           str(hls_dir / "accllm_top.cpp"), str(hls_dir / "csim_api.cpp"), *core_files, "-pthread",
            "-o", str(tmp)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:

@@ -103,6 +103,19 @@ def read_log(lib, stop: bool = True) -> list[dict]:
     return [dict(zip(LOG_FIELDS, map(int, r))) for r in rows]
 
 
+def log_by_mode(log: list[dict]) -> dict[str, dict]:
+    """Logged calls summed per core mode: {mode name: {calls, beats, packets, outputs, cycles}}."""
+    from .golden_core import MODE_NAMES
+
+    out: dict[str, dict] = {}
+    for r in log:
+        m = out.setdefault(MODE_NAMES[r["mode"]], {"calls": 0, "beats": 0, "packets": 0, "outputs": 0, "cycles": 0})
+        m["calls"] += 1
+        for k in ("beats", "packets", "outputs", "cycles"):
+            m[k] += r[k]
+    return out
+
+
 class RtlCore:
     """The Verilated core wrapper on its own: run one :class:`~accllm.sim.core_stream.CoreStream` at a time."""
 

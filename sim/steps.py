@@ -11,27 +11,18 @@ from accllm.host.flow import StepContext, StepResult
 def rtlsim(ctx: StepContext) -> StepResult:
     """The compiled engine with the RTL core (the HLS kernel's blackbox calls run the Verilated
     ``accllm_core_hls_bb`` wrapper): greedy tokens on the flow's prompts and the core's measured cycles."""
-    from collections import defaultdict
-
     from accllm.hls.csim import CSim
     from accllm.hls.steps import run_prompts
     from accllm.sim import rtl_native
-    from accllm.sim.golden_core import MODE_NAMES
 
     sim = CSim(ctx.artifacts["compile"], core="rtl")
     rtl_native.start_log(sim.lib)
     runs, seconds, n = run_prompts(ctx, sim)
     log = rtl_native.read_log(sim.lib)
-    by_mode = defaultdict(lambda: {"calls": 0, "beats": 0, "outputs": 0, "cycles": 0})
-    for r in log:
-        m = by_mode[MODE_NAMES[r["mode"]]]
-        for k in ("beats", "outputs", "cycles"):
-            m[k] += r[k]
-        m["calls"] += 1
     stats = rtl_native.load_stats(sim.lib)
     summary = {"runs": runs, "seconds": seconds, "tokens_fed": n, "core_calls": len(log),
                "core_cycles": sum(r["cycles"] for r in log), "core_beats": sum(r["beats"] for r in log),
-               "core_cycles_per_token": sum(r["cycles"] for r in log) / n, "by_mode": dict(by_mode),
+               "core_cycles_per_token": sum(r["cycles"] for r in log) / n, "by_mode": rtl_native.log_by_mode(log),
                "protocol_errors": stats["protocol_errors"]}
     path = ctx.step_dir("rtlsim") / "rtlsim.json"
     path.write_text(json.dumps(summary, indent=1))

@@ -38,6 +38,17 @@ template <int W> void accllm_set_bytes(ap_uint<W> &w, const uint8_t *bytes, unsi
     }
 }
 
+// The signed 32-bit accumulator of an output word.
+inline int32_t accllm_acc_value(const accllm_acc_t &w) { return (int32_t)(uint32_t)w.range(31, 0).to_uint(); }
+
+// One B beat: L bytes of codes / positions / zero points, tlast on top.
+inline accllm_b_t accllm_b_beat(const uint8_t *bytes, bool last) {
+    accllm_b_t w;
+    accllm_set_bytes(w, bytes, ACCLLM_LANES);
+    w[8 * ACCLLM_LANES] = last;
+    return w;
+}
+
 template <int W> void accllm_get_bytes(const ap_uint<W> &w, uint8_t *bytes, unsigned nbytes) {
     ap_uint<W> t = w;
     for (unsigned j = 0; 8 * j < nbytes; j++) {

@@ -123,8 +123,6 @@ template <class CFG> void check_core_build() {
     static_assert(CFG::group == ACCLLM_GROUP, "parameters.h: group differs from the blackbox build (ACCLLM_GROUP)");
 }
 
-inline int32_t acc_value(const accllm_acc_t &w) { return (int32_t)(uint32_t)w.range(31, 0).to_uint(); }
-
 // W2 linear: A = the activation chunk (L inputs dense, 2L sparse) re-sent for every row, B = the blob's beats.
 template <class CFG> void feed_linear(const typename CFG::act_t *a, const uint8_t *beats, unsigned n, unsigned k,
                                      unsigned mode, hls::stream<accllm_a_t> &as, hls::stream<accllm_b_t> &bs) {
@@ -140,11 +138,8 @@ template <class CFG> void feed_linear(const typename CFG::act_t *a, const uint8_
     for (unsigned row = 0; row < n; row++) {
         for (unsigned c = 0; c < row_beats; c++) {
 #pragma HLS PIPELINE II = 1
-            accllm_b_t bw;
-            accllm_set_bytes(bw, beats + ((size_t)row * row_beats + c) * L, L);
-            bw[8 * L] = c == row_beats - 1;
             as.write(a_words[c]);
-            bs.write(bw);
+            bs.write(accllm_b_beat(beats + ((size_t)row * row_beats + c) * L, c == row_beats - 1));
         }
     }
 }
@@ -156,7 +151,7 @@ template <class CFG> void dequant(hls::stream<accllm_acc_t> &in, const uint8_t *
         double sum = 0.0;
         for (unsigned g = 0; g < groups; g++) {
 #pragma HLS PIPELINE II = 1
-            const int32_t acc = acc_value(in.read());
+            const int32_t acc = accllm_acc_value(in.read());
             if (tr_acc) tr_acc[row * groups + g] = acc;
             sum += (double)acc * (double)rd_f32(scales + 4 * ((size_t)row * groups + g));
         }
@@ -228,11 +223,8 @@ template <class CFG> void feed_qk(const typename CFG::act_t *q, const typename C
             bb[L / 2] = kz[t];
             accllm_a_t aw;
             accllm_set_bytes(aw, ab, L);
-            accllm_b_t bw;
-            accllm_set_bytes(bw, bb, L);
-            bw[8 * L] = c == per - 1;
             as.write(aw);
-            bs.write(bw);
+            bs.write(accllm_b_beat(bb, c == per - 1));
         }
     }
 }
@@ -255,11 +247,8 @@ template <class CFG> void feed_pv(const typename CFG::act_t *p, const uint8_t (*
             }
             accllm_a_t aw;
             accllm_set_bytes(aw, ab, L);
-            accllm_b_t bw;
-            accllm_set_bytes(bw, bb, L);
-            bw[8 * L] = c == per - 1;
             as.write(aw);
-            bs.write(bw);
+            bs.write(accllm_b_beat(bb, c == per - 1));
         }
     }
 }
@@ -267,7 +256,7 @@ template <class CFG> void feed_pv(const typename CFG::act_t *p, const uint8_t (*
 inline void drain(hls::stream<accllm_acc_t> &in, int32_t *acc, unsigned n) {
     for (unsigned i = 0; i < n; i++) {
 #pragma HLS PIPELINE II = 1
-        acc[i] = acc_value(in.read());
+        acc[i] = accllm_acc_value(in.read());
     }
 }
 

@@ -197,13 +197,10 @@ void accllm_rtl_op(unsigned mode, unsigned n_out, const uint8_t *a_bytes, const 
     for (unsigned i = 0; i < beats; i++) {
         accllm_a_t aw;
         accllm_set_bytes(aw, a_bytes + (std::size_t)i * 2 * L, 2 * L);
-        accllm_b_t bw;
-        accllm_set_bytes(bw, b_bytes + (std::size_t)i * L, L);
-        bw[8 * L] = last[i] != 0;
         as.write(aw);
-        bs.write(bw);
+        bs.write(accllm_b_beat(b_bytes + (std::size_t)i * L, last[i] != 0));
     }
     accllm_core_hls_bb(as, bs, os, mode, n_out);
-    for (unsigned i = 0; i < n_out && !os.empty(); i++) out[i] = (int32_t)(uint32_t)os.read().range(31, 0).to_uint();
+    for (unsigned i = 0; i < n_out && !os.empty(); i++) out[i] = accllm_acc_value(os.read());
 }
 }
