@@ -33,16 +33,18 @@ def main(argv=None) -> int:
 
     from accllm.hls.csim import CSim, compare_with_golden
     from accllm.hls.flow import export_and_compile
-    from accllm.sim import perf, rtl_native
+    from accllm.hw import rtl_native
+    from accllm.hw.rtl_native import rtl_csim
+    from accllm.sim import perf_fit
     from accllm.sim.golden import GoldenModel
 
     _, build = export_and_compile(BUNDLED_COMPRESSED, Path(tempfile.gettempdir()) / "accllm_bench_cosim")
     tok = AutoTokenizer.from_pretrained(BUNDLED_COMPRESSED)
     t = time.perf_counter()
-    rtl = CSim(build, core="rtl")
+    rtl = rtl_csim(build)
     t_build = time.perf_counter() - t
     csim, golden = CSim(build), GoldenModel.load(BUNDLED_COMPRESSED)
-    timing, _ = perf.load_calibration()
+    timing, _ = perf_fit.load_calibration()
     rows, t_rtl, t_c, fed = [], 0.0, 0.0, 0
     log = []
     for p in tqdm(PROMPTS[: a.prompts], desc="prompts"):

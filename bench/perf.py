@@ -3,7 +3,7 @@
     python bench/perf.py --calibrate      # simulate the RTL core, fit the cycle model, write sim/data/perf_calibration.json
     python bench/perf.py                  # projections -> bench/results/perf.json, roofline.png, perf_table.md
 
---calibrate Verilates the core behind its HLS blackbox wrapper (accllm.sim.rtl_native) for LANES/GROUP = 16/32,
+--calibrate Verilates the core behind its HLS blackbox wrapper (accllm.hw.rtl_native) for LANES/GROUP = 16/32,
 8/32 and 32/64, runs random operations of fixed shapes through the wrapper's ap_ctrl_chain/FIFO ports (every
 output checked against the golden core), fits ``cycles = a*beats + b*packets + c`` per call on the 16/32 fit
 shapes only and reports the error on held-out shapes, on the two builds the fit never saw, and on every core call
@@ -25,6 +25,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from accllm.sim import perf
+from accllm.sim import boards
+from accllm.hw import calibrate
+from accllm.sim import perf_fit
 
 HERE = Path(__file__).resolve().parent
 README_SNIPPET = HERE / "results" / "perf_table.md"  # the table and calibration lines the README quotes
@@ -47,7 +50,7 @@ def engine_samples(prompt: str = "def main(args):") -> list[dict]:
 
     ckpt = HERE.parent / "quant" / "bundled" / "tiny-llama-w2a8kv4"
     _, build = export_and_compile(ckpt, Path(tempfile.gettempdir()) / "accllm_perf_engine")
-    return perf.measure_engine(build, AutoTokenizer.from_pretrained(ckpt).encode(prompt))
+    return calibrate.measure_engine(build, AutoTokenizer.from_pretrained(ckpt).encode(prompt))
 
 
 def _by_kind(errors: dict) -> dict:
@@ -63,22 +66,22 @@ def _by_kind(errors: dict) -> dict:
     return out
 
 
-def calibrate(out: Path) -> dict:
-    steps = [("fit", perf.FIT_CONFIG, perf.FIT_SHAPES)] + [("held_out", cfg, shapes) for cfg, shapes in perf.HELD_OUT.items()]
+def run_calibration(out: Path) -> dict:
+    steps = [("fit", perf_fit.FIT_CONFIG, perf_fit.FIT_SHAPES)] + [("held_out", cfg, shapes) for cfg, shapes in perf_fit.HELD_OUT.items()]
     measured = {"fit": [], "held_out": []}
     for i, (role, (lanes, group), shapes) in enumerate(tqdm(steps, desc="RTL calibration", unit="build")):
-        measured[role] += perf.measure_rtl(lanes, group, shapes, seed=i)
-    timing = perf.fit_timing(measured["fit"])
-    fit_err = perf.timing_errors(timing, measured["fit"])
-    held = perf.timing_errors(timing, measured["held_out"])
-    eng = perf.timing_errors(timing, engine_samples())
+        measured[role] += calibrate.measure_rtl(lanes, group, shapes, seed=i)
+    timing = perf_fit.fit_timing(measured["fit"])
+    fit_err = perf_fit.timing_errors(timing, measured["fit"])
+    held = perf_fit.timing_errors(timing, measured["held_out"])
+    eng = perf_fit.timing_errors(timing, engine_samples())
     keys = ("max_abs_rel_error", "mean_abs_rel_error")
     rec = {"format": "accllm-perf-calibration-v2",
            "what": "cycles of one integer-core call (ap_start to ap_done of the HLS blackbox wrapper around the RTL "
                    "core) = per_beat*beats + per_packet*packets + per_op, least squares on Verilator cycle counts "
                    "with the FIFOs never empty or full",
            "fit": {"per_beat": timing.per_beat, "per_packet": timing.per_packet, "per_op": timing.per_op,
-                   "fit_config": {"lanes": perf.FIT_CONFIG[0], "group": perf.FIT_CONFIG[1]}},
+                   "fit_config": {"lanes": perf_fit.FIT_CONFIG[0], "group": perf_fit.FIT_CONFIG[1]}},
            "fit_error": {k: fit_err[k] for k in keys},
            "held_out_error": {k: held[k] for k in keys},
            "engine_error": {**{k: eng[k] for k in keys}, "calls": len(eng["samples"]), "by_kind": _by_kind(eng)},
@@ -104,10 +107,10 @@ def calibrate(out: Path) -> dict:
 
 
 def scenario(model: str, board: str, group: int, context: int, prompt: int, sinks: int, window: int,
-             timing: perf.CoreTiming, lanes: int = 16) -> dict:
-    b = perf.get_board(board)
+             timing: perf_fit.CoreTiming, lanes: int = 16) -> dict:
+    b = boards.get_board(board)
     e = perf.size_engine(b, lanes=lanes, group=group, sinks=sinks, window=window)
-    pm = perf.PerfModel(perf.load_model_shape(model), b, e, timing)
+    pm = perf.PerfModel(boards.load_model_shape(model), b, e, timing)
     dec, pre = pm.decode(context), pm.prefill(prompt)
     return {"model": model, "board": board, "clock_mhz": b.clock_mhz, "engine": asdict(e),
             "resources": pm.resources(), "peak_ops_per_s": pm.peak_ops_per_s(),
@@ -127,7 +130,7 @@ def roofline(scenarios: list[dict], path: Path) -> None:
     drawn = set()
     for s in scenarios:
         b = s["board"]
-        bw = perf.get_board(b).mem_bandwidth_gbs * 1e9
+        bw = boards.get_board(b).mem_bandwidth_gbs * 1e9
         if b not in drawn:
             ax.loglog(x, np.minimum(s["peak_ops_per_s"], bw * x), color=colors[b], lw=1.2,
                       label=f"{b}: {bw / 1e9:.0f} GB/s, {s['peak_ops_per_s'] / 1e12:.2f} Top/s "
@@ -163,7 +166,7 @@ def table(rows: list[dict]) -> str:
 
 
 def project(out: Path, context: int, prompt: int) -> dict:
-    timing, cal = perf.load_calibration()
+    timing, cal = perf_fit.load_calibration()
     runs = [("llama-2-7b", "u280", 32), ("llama-2-7b", "u280", 128), ("llama-2-7b", "zcu104", 32),
             ("llama-2-7b", "kv260", 32), ("bundled", "kv260", 32)]
     scen = []
@@ -176,7 +179,7 @@ def project(out: Path, context: int, prompt: int) -> dict:
         d = s["decode"]
         rows.append({"design": f"this design, projected (G={s['engine']['group']}, {s['engine']['cores']} cores x "
                                f"{s['engine']['lanes']} lanes, {s['clock_mhz']:.0f} MHz)",
-                     "tokens_per_s": d["tokens_per_s"], "power_w": perf.get_board("u280").power_w,
+                     "tokens_per_s": d["tokens_per_s"], "power_w": boards.get_board("u280").power_w,
                      "tokens_per_j": d.get("tokens_per_j"), "limit": d["bandwidth_limit_tokens_per_s"],
                      "ratio": d["achieved_over_limit"],
                      "source": f"bench/perf.py: {d['bytes_per_token'] / 1e9:.3f} GB/token, power assumed (see boards.json)"})
@@ -218,7 +221,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=HERE / "results" / "perf.json")
     a = p.parse_args(argv)
     if a.calibrate:
-        calibrate(perf.CALIBRATION_FILE)
+        run_calibration(perf_fit.CALIBRATION_FILE)
     project(a.out, a.context, a.prompt)
     return 0
 

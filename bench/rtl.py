@@ -23,8 +23,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from accllm.sim import rtl_runner
-from accllm.sim.rtl_ops import real_ops, steady_ops
+from accllm.hw import rtl_runner
+from accllm.hw.rtl_ops import real_ops, steady_ops
 
 HERE = Path(__file__).resolve().parent
 

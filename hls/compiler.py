@@ -216,7 +216,7 @@ def compile_export(export_path, out_dir, target: str = "kv260", lanes: int = DEF
                    progress: bool = True) -> CompileResult:
     from accllm.hls import project
 
-    from accllm.sim.perf import get_board
+    from accllm.sim.boards import get_board
 
     board = get_board(target)  # the one board table; raises naming the known boards
     t0 = time.perf_counter()

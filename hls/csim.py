@@ -2,9 +2,9 @@
 hls4ml's bundled ``ap_types`` (from the installed package) into a shared library, driven through ctypes.
 
 The kernel runs every integer reduction through the RTL core's blackbox function ``accllm_core_hls_bb()``.
-``core="c"`` links its C model (``hls/templates/accllm_core_hls_bb.cpp``); ``core="rtl"`` links the Verilated
-RTL (``accllm.sim.rtl_native``: the core behind the same wrapper synthesis uses), a C/RTL co-simulation of the
-whole engine that also counts the core's clock cycles.
+By default its C model (``hls/templates/accllm_core_hls_bb.cpp``) is linked; a caller may pass ``core``, compiled
+objects that implement the same function (``accllm.hw.rtl_native`` passes the Verilated RTL core: a C/RTL
+co-simulation of the whole engine that also counts the core's clock cycles).
 
 Builds are cached by the sha256 of the sources and flags (``$ACCLLM_CACHE`` or ``~/.cache/accllm/csim``).
 """
@@ -23,7 +23,6 @@ from accllm.hls import program as prog
 from accllm.hls.project import BLACKBOX_C, BLACKBOX_H, SOURCES
 
 CXXFLAGS = ["-O2", "-std=c++14", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-w"]
-CORES = ("c", "rtl")
 
 
 def ap_types_dir() -> Path:
@@ -50,27 +49,24 @@ def read_core_params(hls_dir) -> tuple[int, int]:
     return int(vals["LANES"]), int(vals["GROUP"])
 
 
-def build_library(hls_dir, core: str = "c", verbose: bool = False) -> Path:
-    """Compile ``hls_dir`` (a project written by the compiler) to a shared library with the integer core as a C
-    model (``core="c"``) or as Verilated RTL (``core="rtl"``); cached by content hash."""
-    if core not in CORES:
-        raise ValueError(f"core must be one of {CORES}, got {core!r}")
+def build_library(hls_dir, core=None, verbose: bool = False) -> Path:
+    """Compile ``hls_dir`` (a project written by the compiler) to a shared library with the integer core as its C
+    model (``core=None``) or as ``core``: an object with ``name``, ``key`` (content hash) and ``objects`` (object
+    files and archives defining ``accllm_core_hls_bb``); cached by content hash."""
     hls_dir = Path(hls_dir)
     files = [hls_dir / n for n in SOURCES + (BLACKBOX_H, BLACKBOX_C) if n.endswith((".h", ".cpp"))]
     files.append(hls_dir / "parameters.h")
-    h = hashlib.sha256(" ".join(CXXFLAGS + [core]).encode())
+    name = "c" if core is None else core.name
+    h = hashlib.sha256(" ".join(CXXFLAGS + [name]).encode())
     for f in files:
         if not f.is_file():
             raise FileNotFoundError(f"HLS project file {f} is missing; run `accllm compile` again")
         h.update(f.name.encode() + f.read_bytes())
-    core_files = [str(hls_dir / BLACKBOX_C)]  # the C model, or the Verilated core's objects and archives
-    if core == "rtl":
-        from accllm.sim import rtl_native
-
-        model = rtl_native.build_wrapper(*read_core_params(hls_dir), verbose=verbose)
-        h.update(model.key.encode())
-        core_files = list(map(str, model.objects))
-    lib = cache_dir() / f"accllm_csim_{core}_{h.hexdigest()[:16]}.so"
+    core_files = [str(hls_dir / BLACKBOX_C)]
+    if core is not None:
+        h.update(core.key.encode())
+        core_files = list(map(str, core.objects))
+    lib = cache_dir() / f"accllm_csim_{name}_{h.hexdigest()[:16]}.so"
     if lib.is_file():
         return lib
     lib.parent.mkdir(parents=True, exist_ok=True)
@@ -90,9 +86,8 @@ def build_library(hls_dir, core: str = "c", verbose: bool = False) -> Path:
 class CSim:
     """The engine in C-simulation: ``step(token)`` runs the program once (one token) and returns logits."""
 
-    def __init__(self, build_dir, core: str = "c"):
+    def __init__(self, build_dir, core=None):
         build_dir = Path(build_dir)
-        self.core = core
         self.meta, self.instrs, program = prog.read_program(build_dir / "program.bin")
         bmeta, payload = blobfmt.read_blob(build_dir / "weights.blob")
         from accllm.hls import container

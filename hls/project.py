@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 from pathlib import Path
 
-from accllm.sim.golden import Dims
+from accllm.sim.dims import Dims
 
 TEMPLATES = Path(__file__).parent / "templates"
 SOURCES = ("accllm_kernel.h", "accllm_top.cpp", "csim_api.cpp")
@@ -56,7 +56,7 @@ def write_project(out: Path, d: Dims, engine: dict, trace: dict) -> Path:
     for name in SOURCES + (BLACKBOX_H, BLACKBOX_C):
         shutil.copyfile(TEMPLATES / name, out / name)
     (out / "parameters.h").write_text(parameters_h(d, engine["lanes"], trace))
-    # Synthesis needs the RTL core as a blackbox: the Tcl comes from accllm.hls.bitstream_build (bitstreams/).
+    # Synthesis needs the RTL core as a blackbox: the Tcl comes from accllm.bitstreams.build (bitstreams/).
     (out / "hls_target.tcl").write_text(
         f"set_part {{{engine['part']}}}\ncreate_clock -period {engine['clock_ns']} -name default\n")
     return out

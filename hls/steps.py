@@ -1,23 +1,21 @@
-"""Flow steps owned by hls/: export, compile, csim, bitstream recipe (see accllm.host.flow)."""
+"""Flow steps owned by hls/: export, compile, csim (steps: see accllm.quant.steps)."""
 from __future__ import annotations
 
 import json
 import time
 
-from accllm.host.flow import StepContext, StepResult
 
-
-def export(ctx: StepContext) -> StepResult:
+def export(ctx):
     from accllm.hls.export import export_model
     from accllm.quant.checkpoint import load_compressed
 
     model, _, _ = load_compressed(ctx.artifacts["compress"])
     out = ctx.step_dir("export")
     export_model(model, out, progress=False)
-    return StepResult(out, {"layers": model.config.num_hidden_layers})
+    return out, {"layers": model.config.num_hidden_layers}
 
 
-def verify_export(ctx: StepContext) -> dict:
+def verify_export(ctx) -> dict:
     """Every exported layer run by the qonnx executor against the torch layer on fresh inputs."""
     import onnx
 
@@ -36,16 +34,15 @@ def verify_export(ctx: StepContext) -> dict:
     return {"onnx_checker": "passed", "max_rel_error_vs_torch": worst}
 
 
-def compile(ctx: StepContext) -> StepResult:  # noqa: A001 - the step's name
+def compile(ctx):  # noqa: A001 - the step's name
     from accllm.hls.compiler import compile_export
 
     r = compile_export(ctx.artifacts["export"], ctx.step_dir("compile"), ctx.flow.board, ctx.flow.engine.lanes,
                        progress=False)
-    return StepResult(r.out_dir, {"instructions": r.instructions, "blob_bytes": r.blob_bytes,
-                                  "seconds": round(r.seconds, 2)})
+    return r.out_dir, {"instructions": r.instructions, "blob_bytes": r.blob_bytes, "seconds": round(r.seconds, 2)}
 
 
-def verify_compile(ctx: StepContext) -> dict:
+def verify_compile(ctx) -> dict:
     """The program and blob read back with their checksums and belong together."""
     from accllm.hls import blob as blobfmt
     from accllm.hls import container
@@ -58,14 +55,14 @@ def verify_compile(ctx: StepContext) -> dict:
     return {"program_instructions": len(instrs), "checksums": "ok"}
 
 
-def _prompt_ids(ctx: StepContext) -> list[list[int]]:
+def _prompt_ids(ctx) -> list[list[int]]:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(ctx.artifacts["compress"])
     return [tok.encode(p) for p in ctx.flow.evaluation.prompts]
 
 
-def run_prompts(ctx: StepContext, sim=None):
+def run_prompts(ctx, sim=None):
     """Greedy tokens of the compiled engine (``sim``, default a C-simulation) on the flow's prompts:
     (its runs, seconds, tokens fed)."""
     from accllm.hls.csim import CSim
@@ -79,24 +76,25 @@ def run_prompts(ctx: StepContext, sim=None):
     return runs, time.perf_counter() - t0, n
 
 
-def csim(ctx: StepContext) -> StepResult:
+def csim(ctx):
     """Greedy tokens of the C-simulation on the flow's prompts."""
     runs, seconds, n = run_prompts(ctx)
     path = ctx.step_dir("csim") / "csim.json"
     path.write_text(json.dumps({"runs": runs, "seconds": seconds}, indent=1))
-    return StepResult(path, {"tokens_per_s": round(n / seconds, 2)})
+    return path, {"tokens_per_s": round(n / seconds, 2)}
 
 
-def check_with_golden(ctx: StepContext, runs: list[dict], core: str = "c") -> dict:
+def check_with_golden(ctx, runs: list[dict], make_sim=None, core: str = "c") -> dict:
     """Same greedy tokens as the golden model on every prompt, and the integer trace of the first prompt
-    bit-exact on every layer; raises naming the difference."""
+    bit-exact on every layer; raises naming the difference. ``make_sim(build)`` opens the engine (default the
+    C-simulation with the core's C model)."""
     from accllm.hls.csim import CSim, compare_with_golden
     from accllm.sim.golden import GoldenModel
 
     golden = GoldenModel.load(ctx.artifacts["compress"])
     same = sum(golden.generate(r["prompt_ids"], len(r["output_ids"])) == r["output_ids"] for r in runs)
     first = runs[0]
-    exact = compare_with_golden(golden, CSim(ctx.artifacts["compile"], core=core),
+    exact = compare_with_golden(golden, (make_sim or CSim)(ctx.artifacts["compile"]),
                                 first["prompt_ids"] + first["output_ids"])
     result = {"prompts_same_tokens": f"{same}/{len(runs)}", **exact}
     if same != len(runs) or exact["integer_mismatches"]:
@@ -104,14 +102,5 @@ def check_with_golden(ctx: StepContext, runs: list[dict], core: str = "c") -> di
     return result
 
 
-def verify_csim(ctx: StepContext) -> dict:
+def verify_csim(ctx) -> dict:
     return check_with_golden(ctx, json.loads(ctx.artifacts["csim"].read_text())["runs"])
-
-
-def bitstream(ctx: StepContext) -> StepResult:
-    """The board's build recipe files (the vendor tools run them; here they are only generated)."""
-    from accllm.hls.bitstream_build import generate
-
-    out = ctx.step_dir("bitstream")
-    written = generate(ctx.artifacts["compile"], out, ctx.flow.board)
-    return StepResult(out, {"files": sorted(written)})

@@ -1,53 +1,24 @@
-"""One device interface, several backends.
-
-A backend runs the model one stream at a time: ``reset()`` starts a new stream (empty KV cache),
-``forward(ids)`` feeds the next tokens at the next stream positions and returns the logits after the
-last one (float32 numpy [vocab]). Prefill is ``forward(prompt)``, decode is ``forward([token])``.
+"""The backends of the device interface (:class:`accllm.host.backend.Backend`) and how to open one by name.
 
 - ``pynq``: a real board through :class:`accllm.host.driver.EngineDriver` on :class:`~accllm.host.mmio.PynqIO`.
 - ``csim``: the same driver on :class:`~accllm.host.mmio.SimIO`, whose ``ap_start`` runs the compiled
   C-simulation library of the HLS kernel (the integer core as its C model).
 - ``rtl``: the same, with the kernel's integer core calls running the Verilated RTL core behind its HLS
-  blackbox wrapper (C/RTL co-simulation; needs a source checkout for ``hw/rtl``).
+  blackbox wrapper (C/RTL co-simulation).
 - ``golden``: the torch golden model of the engine (``accllm.sim.golden``).
 - ``fakequant``: the Brevitas fake-quant model of the compressed checkpoint (the compression side of
   the verification chain), with the same Λ cache policy.
 """
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
 
+from . import build as builds
+from .backend import Backend
+
 BACKENDS = ("csim", "rtl", "golden", "pynq", "fakequant")
-
-
-class Backend(ABC):
-    name: str = "?"
-    vocab_size: int
-    context: int | None = None  # longest stream it accepts (None: unbounded, Λ)
-
-    @abstractmethod
-    def reset(self) -> None:
-        ...
-
-    @abstractmethod
-    def forward(self, ids: list[int]) -> np.ndarray:
-        ...
-
-    def resident_bytes(self) -> int | None:
-        """Bytes held for the KV cache (constant under Λ), when the backend can say."""
-        return None
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 class FakeQuantBackend(Backend):
@@ -91,8 +62,6 @@ class FakeQuantBackend(Backend):
 def open_backend(name: str, build: str | Path, **options) -> Backend:
     """Open backend ``name`` on a build directory (``accllm compile`` output; ``fakequant`` also takes
     a compressed checkpoint directory)."""
-    from . import build as builds
-
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     b = builds.BuildDir(build)

@@ -33,7 +33,7 @@ def _get(h, key):
 def pynq_io(image, bitstream: str | None = None, manifest: str | Path | None = None, board: str | None = None):
     """A :class:`~accllm.host.mmio.PynqIO` on the verified bitstream (``verify_bitstream`` refuses a bitstream
     whose checksum, formats or engine parameters differ from the manifest and the program)."""
-    from accllm.hls.manifest import DEFAULT_MANIFEST, load_manifest, verify_bitstream
+    from accllm.bitstreams.manifest import DEFAULT_MANIFEST, load_manifest, verify_bitstream
 
     from .mmio import PynqIO
 

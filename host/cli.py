@@ -12,8 +12,8 @@ import sys
 COMMAND_MODULES = [
     "accllm.quant.evaluate",
     "accllm.hls.compiler",
-    "accllm.quant.quantize",
-    "accllm.sim.perf",
+    "accllm.quant.pipeline",
+    "accllm.sim.perf_report",
     "accllm.host.flow",
     "accllm.host.run",
     "accllm.host.serve",

@@ -1,6 +1,6 @@
 """The lowest layer of the ``csim`` and ``rtl`` backends: :class:`~accllm.host.mmio.SimIO` whose ``ap_start``
 calls the C-simulation library of the HLS kernel (``accllm.hls.csim``; ``core="rtl"`` links the Verilated RTL
-core) on the buffers behind the argument registers."""
+core of ``accllm.hw.rtl_native``) on the buffers behind the argument registers."""
 from __future__ import annotations
 
 import ctypes
@@ -9,9 +9,16 @@ from .mmio import SimIO
 
 
 def csim_io(build, image, core: str = "c") -> SimIO:
-    from accllm.hls.csim import build_library
+    from accllm.hls.csim import build_library, read_core_params
 
-    lib = ctypes.CDLL(str(build_library(build.path / "hls", core)))
+    if core not in ("c", "rtl"):
+        raise ValueError(f"core must be 'c' or 'rtl', got {core!r}")
+    linked = None
+    if core == "rtl":
+        from accllm.hw.rtl_native import build_wrapper
+
+        linked = build_wrapper(*read_core_params(build.path / "hls"))
+    lib = ctypes.CDLL(str(build_library(build.path / "hls", linked)))
     lib.accllm_csim_step.restype = ctypes.c_int
     off = {a.name: a for a in image.args}
 

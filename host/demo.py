@@ -39,7 +39,8 @@ def check_against_golden(build: Path, prompt_ids: list[int], output_ids: list[in
 def demo_command(a) -> int:
     from .backends import open_backend
     from .build import BuildDir
-    from .flow import DEFAULT_FLOW, build
+    from .flow import build
+    from .flow_config import DEFAULT_FLOW
     from .run import describe, stream
     from .sampling import SamplingParams
 

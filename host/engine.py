@@ -12,62 +12,23 @@ Above :mod:`accllm.host.mmio` (register access + buffers) everything is shared:
    control register is polled for ``ap_done`` with a timeout, and the logits buffer is synced back.
 
 The kernel's register map (argument order and offsets) and the file formats belong to the compiler
-(``accllm.hls``); :func:`engine_image` is the one adapter that reads them.
+(``accllm.hls``); :mod:`accllm.host.image` is the one adapter that reads them.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .backends import Backend
+from .backend import Backend
+from .image import EngineImage, read_engine_image
 from .kv import LambdaKVManager
 from .mmio import AP_DONE, AP_START, CTRL
 
 
 class DeviceTimeout(TimeoutError):
     """The kernel never signalled ap_done."""
-
-
-@dataclass(frozen=True)
-class KernelArg:
-    name: str
-    offset: int          # byte offset in the s_axilite map
-    pointer: bool        # 64-bit device address (two words) or a 32-bit scalar
-
-
-@dataclass
-class EngineImage:
-    """Everything the driver uploads and the register map it drives, read and verified from a build."""
-
-    header: object                       # the program header (formats, engine parameters), for verify_bitstream
-    args: list[KernelArg]
-    buffers: dict[str, bytes | int]      # pointer arg -> initial bytes, or a size in bytes (zero-filled)
-    kv_arg: str                          # the pointer arg that holds the Λ KV cache
-    logits_arg: str
-    vocab: int
-    layout: object                       # accllm.sim.kv_layout.KVLayout
-    scalars: dict[str, str] = field(default_factory=dict)  # scalar arg -> "token" | "pos" | "slot" | "occupied"
-    constants: dict[str, int] = field(default_factory=dict)  # scalar args written once at load
-
-
-def vitis_arg_offsets(args: list[tuple[str, bool]], first: int = 0x10) -> list[KernelArg]:
-    """Offsets Vitis HLS gives s_axilite arguments in declaration order: after the four control words,
-    a 64-bit pointer takes 0x0c (low, high, reserved) and a 32-bit scalar 0x08 (value, reserved)."""
-    out, off = [], first
-    for name, pointer in args:
-        out.append(KernelArg(name, off, pointer))
-        off += 0x0C if pointer else 0x08
-    return out
-
-
-def engine_image(build) -> EngineImage:
-    """ADAPTER to the compiler's formats (``accllm.hls``): read and verify a build's program and blob."""
-    from .build import read_engine_image
-
-    return read_engine_image(build)
 
 
 class EngineDriver:
@@ -155,7 +116,7 @@ class EngineBackend(Backend):
     @classmethod
     def open(cls, name: str, build, timeout_s: float = 10.0, bitstream: str | None = None,
              manifest: str | Path | None = None, board: str | None = None, **_) -> "EngineBackend":
-        image = engine_image(build)  # verified before anything is allocated or started
+        image = read_engine_image(build)  # verified before anything is allocated or started
         if name in ("csim", "rtl"):
             from .csim import csim_io
 

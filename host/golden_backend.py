@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backends import Backend
+from .backend import Backend
 
 
 class GoldenBackend(Backend):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import shutil
 
-from accllm.host.flow import StepContext, StepResult
 
 RUN_SCRIPT = """#!/bin/sh
 # On the board (pynq and accllm installed): stream tokens from this build.
@@ -12,7 +11,7 @@ cd "$(dirname "$0")" && exec accllm run . --backend pynq --board {board} --manif
 """
 
 
-def deploy(ctx: StepContext) -> StepResult:
+def deploy(ctx):
     """program + weight blob, the compressed checkpoint (tokenizer; golden-model weights for checking on the
     board), the bitstream's manifest entry when the recipe step ran, and a run script."""
     out = ctx.step_dir("deploy")
@@ -27,4 +26,4 @@ def deploy(ctx: StepContext) -> StepResult:
     script.write_text(RUN_SCRIPT.format(board=ctx.flow.board))
     script.chmod(0o755)
     files.append("run.sh")
-    return StepResult(out, {"files": files})
+    return out, {"files": files}

@@ -214,17 +214,6 @@ def _read(path: Path):
     return load_file(str(path / WEIGHTS_FILE)), meta["settings"]
 
 
-def round_dense_to_fp16(model) -> None:
-    """The checkpoint stores embeddings and norms in fp16; round the live model the same way so that
-    a reloaded checkpoint computes exactly what the saved model did."""
-    from accllm.quant.prune import decoder_linears
-
-    lin = {id(m.weight) for m in decoder_linears(model).values()}
-    for name, p in model.named_parameters():
-        if id(p) not in lin and "_quant" not in name:
-            p.data = p.data.half().float()
-
-
 def _set_weight_quant_params(mod, scales: torch.Tensor, zps: torch.Tensor, bits: int) -> None:
     """Point Brevitas' learned (parameter_from_stats) scale and zero point at the stored integers."""
     tq = mod.weight_quant.tensor_quant

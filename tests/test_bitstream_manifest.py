@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from accllm.hls import manifest as mf
+from accllm.bitstreams import manifest as mf
 
 
 DIMS = {"vocab": 4096, "hidden": 256, "layers": 6, "heads": 8, "kv_heads": 4, "head_dim": 32, "group": 32}

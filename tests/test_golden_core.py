@@ -5,7 +5,7 @@ import torch
 
 from accllm.sim import core_stream as cs
 from accllm.sim import golden_core as gc
-from accllm.sim.rtl_ops import random_ops
+from accllm.hw.rtl_ops import random_ops
 
 
 def test_dense_hand_example():

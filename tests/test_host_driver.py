@@ -7,7 +7,8 @@ slot marker. The driver above it is the real one.
 import numpy as np
 import pytest
 
-from accllm.host.engine import DeviceTimeout, EngineBackend, EngineDriver, EngineImage, vitis_arg_offsets
+from accllm.host.engine import DeviceTimeout, EngineBackend, EngineDriver
+from accllm.host.image import EngineImage, vitis_arg_offsets
 from accllm.host.mmio import AP_DONE, AP_START, CTRL, SimIO
 from accllm.sim.kv_layout import KVLayout
 

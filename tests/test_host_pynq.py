@@ -8,7 +8,7 @@ import pynq
 import pytest
 from test_host_driver import DIMS, FakeKernel, image
 
-from accllm.hls.manifest import BitstreamMismatch, sha256_file
+from accllm.bitstreams.manifest import BitstreamMismatch, sha256_file
 from accllm.host.board import pynq_io
 from accllm.host.engine import EngineBackend, EngineDriver
 from accllm.host.mmio import PynqIO, SimIO

@@ -7,6 +7,9 @@ import pytest
 from accllm.host.cli import main as cli
 from accllm.sim import core_stream as cs
 from accllm.sim import perf
+from accllm.sim import boards
+from accllm.hw import calibrate
+from accllm.sim import perf_fit
 
 
 @pytest.mark.parametrize("lanes", [4, 8, 16])
@@ -16,7 +19,7 @@ def test_op_shape_matches_core_stream(lanes):
     for kind, dims in [("dense", dict(n=7, k=3 * group)), ("sparse", dict(n=5, k=2 * group)),
                        ("qk", dict(t=11, d=lanes + 3)), ("qk", dict(t=3, d=2 * lanes)),
                        ("pv", dict(t=3 * lanes + 5, d=6)), ("pv", dict(t=lanes, d=1))]:
-        op = perf.make_op(kind, dims, group, rng)
+        op = perf_fit.make_op(kind, dims, group, rng)
         st = {"dense": lambda: cs.dense_stream(op["a"], op["codes"], op["zeros"], group, lanes),
               "sparse": lambda: cs.sparse_stream(op["a"], op["vals"], op["pos"], op["zeros"], group, lanes),
               "qk": lambda: cs.qk_stream(op["q"], op["k"], op["kz"], lanes),
@@ -26,31 +29,31 @@ def test_op_shape_matches_core_stream(lanes):
 
 def test_calibration_fit_and_held_out_error():
     """Refit the committed RTL measurements with the current beat model; held-out error must stay within 10%."""
-    _, rec = perf.load_calibration()
+    _, rec = perf_fit.load_calibration()
     fit = [{**s, "beats": perf.op_shape(s["kind"], s["lanes"], **s["dims"])[0],
             "packets": perf.op_shape(s["kind"], s["lanes"], **s["dims"])[1]} for s in rec["fit_samples"]]
     held = [{k: s[k] for k in ("lanes", "group", "kind", "dims", "cycles")} for s in rec["held_out_samples"]]
     held = [{**s, "beats": perf.op_shape(s["kind"], s["lanes"], **s["dims"])[0],
              "packets": perf.op_shape(s["kind"], s["lanes"], **s["dims"])[1]} for s in held]
-    timing = perf.fit_timing(fit)
+    timing = perf_fit.fit_timing(fit)
     assert timing.per_beat == pytest.approx(rec["fit"]["per_beat"]) and timing.per_op == pytest.approx(rec["fit"]["per_op"])
-    assert {(s["lanes"], s["group"]) for s in held} > {perf.FIT_CONFIG}, "held-out set must include other core builds"
-    assert perf.timing_errors(timing, held)["max_abs_rel_error"] <= 0.10
+    assert {(s["lanes"], s["group"]) for s in held} > {perf_fit.FIT_CONFIG}, "held-out set must include other core builds"
+    assert perf_fit.timing_errors(timing, held)["max_abs_rel_error"] <= 0.10
     engine = rec["engine_samples"]  # measured shapes of the engine's calls (not recomputable from dims)
     assert len(engine) > 100 and {s["kind"] for s in engine} >= {"qk", "pv"}
-    assert perf.timing_errors(timing, engine)["max_abs_rel_error"] <= 0.10
+    assert perf_fit.timing_errors(timing, engine)["max_abs_rel_error"] <= 0.10
 
 
 def test_fit_recovers_known_coefficients():
     samples = [{"beats": b, "packets": p, "cycles": 1.25 * b + 2 * p + 7} for b, p in [(10, 1), (40, 4), (33, 11), (100, 3)]]
-    t = perf.fit_timing(samples)
+    t = perf_fit.fit_timing(samples)
     assert (t.per_beat, t.per_packet, t.per_op) == pytest.approx((1.25, 2.0, 7.0))
 
 
 def _u280_7b(group):
-    timing, _ = perf.load_calibration()
-    board = perf.get_board("u280")
-    return perf.PerfModel(perf.load_model_shape("llama-2-7b"), board, perf.size_engine(board, group=group), timing)
+    timing, _ = perf_fit.load_calibration()
+    board = boards.get_board("u280")
+    return perf.PerfModel(boards.load_model_shape("llama-2-7b"), board, perf.size_engine(board, group=group), timing)
 
 
 def test_llama7b_bytes_per_token_in_design_range():
@@ -73,9 +76,9 @@ def test_llama7b_bytes_per_token_in_design_range():
 @pytest.mark.parametrize("board", ["u280", "zcu104", "kv260"])
 @pytest.mark.parametrize("model", ["llama-2-7b", "bundled"])
 def test_decode_never_beats_the_bandwidth_limit(board, model):
-    timing, _ = perf.load_calibration()
-    b = perf.get_board(board)
-    pm = perf.PerfModel(perf.load_model_shape(model), b, perf.size_engine(b, window=124), timing)
+    timing, _ = perf_fit.load_calibration()
+    b = boards.get_board(board)
+    pm = perf.PerfModel(boards.load_model_shape(model), b, perf.size_engine(b, window=124), timing)
     d = pm.decode(4096)
     assert 0 < d["achieved_over_limit"] <= 1.0
     assert d["tokens_per_s"] <= b.mem_bandwidth_gbs * 1e9 / d["bytes_per_token"]
@@ -96,14 +99,14 @@ def test_engine_validation_and_model_specs(tmp_path):
     with pytest.raises(ValueError, match="multiple of 2\\*lanes"):
         perf.Engine(lanes=16, group=16).validate()
     with pytest.raises(FileNotFoundError, match="not 'bundled' or a preset"):
-        perf.load_model_shape(str(tmp_path / "missing"))
+        boards.load_model_shape(str(tmp_path / "missing"))
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 64}))
     with pytest.raises(ValueError, match="missing intermediate_size"):
-        perf.load_model_shape(str(tmp_path))
-    cfg = json.loads((perf.MODELS_DIR / "llama-2-7b.json").read_text())
+        boards.load_model_shape(str(tmp_path))
+    cfg = json.loads((boards.MODELS_DIR / "llama-2-7b.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    assert perf.load_model_shape(str(tmp_path)).linear_params() == perf.load_model_shape("llama-2-7b").linear_params()
-    b = perf.load_model_shape("bundled")
+    assert boards.load_model_shape(str(tmp_path)).linear_params() == boards.load_model_shape("llama-2-7b").linear_params()
+    b = boards.load_model_shape("bundled")
     assert b.layers >= 1 and b.hidden % b.heads == 0
 
 
@@ -122,10 +125,10 @@ def test_calibration_against_fresh_rtl_runs(tmp_path_factory):
     engine (C/RTL co-simulation); the committed fit must predict every call within 10%."""
     from flow_fixtures import flow_paths
 
-    timing, _ = perf.load_calibration()
-    samples = perf.measure_rtl(16, 32, perf.HELD_OUT[(16, 32)], seed=7)
-    assert perf.timing_errors(timing, samples)["max_abs_rel_error"] <= 0.10
+    timing, _ = perf_fit.load_calibration()
+    samples = calibrate.measure_rtl(16, 32, perf_fit.HELD_OUT[(16, 32)], seed=7)
+    assert perf_fit.timing_errors(timing, samples)["max_abs_rel_error"] <= 0.10
     _, _, build = flow_paths(tmp_path_factory)
-    calls = perf.measure_engine(build, [5, 100, 7])
+    calls = calibrate.measure_engine(build, [5, 100, 7])
     assert {s["kind"] for s in calls} >= {"qk", "pv"} and len(calls) > 100
-    assert perf.timing_errors(timing, calls)["max_abs_rel_error"] <= 0.10
+    assert perf_fit.timing_errors(timing, calls)["max_abs_rel_error"] <= 0.10

@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 
-from accllm.sim import rtl_runner
-from accllm.sim.rtl_ops import KINDS, random_ops, real_ops, steady_ops
+from accllm.hw import rtl_runner
+from accllm.hw.rtl_ops import KINDS, random_ops, real_ops, steady_ops
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None or shutil.which("make") is None,
                                 reason="building the Verilator model needs g++ and make")

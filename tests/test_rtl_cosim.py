@@ -6,7 +6,8 @@ import pytest
 from flow_fixtures import PROMPTS, demo_layout, flow_paths, one_thread
 
 from accllm.sim import golden_core as gc
-from accllm.sim.perf import core_stream_of, make_op, op_shape
+from accllm.sim.perf import op_shape
+from accllm.sim.perf_fit import core_stream_of, make_op
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
 
@@ -16,7 +17,7 @@ SHAPES = [("dense", dict(n=5, k=96)), ("sparse", dict(n=6, k=128)), ("qk", dict(
 
 @pytest.fixture(scope="module")
 def core():
-    from accllm.sim.rtl_native import RtlCore
+    from accllm.hw.rtl_native import RtlCore
 
     c = RtlCore(16, 32)
     yield c
@@ -46,7 +47,7 @@ def test_wrapper_is_bit_exact_and_keeps_the_protocol(core, stall_in, stall_out):
 
 def test_wrapper_reports_a_short_stream(core):
     """A call that promises more outputs than its beats can make is caught as a protocol error, not a hang."""
-    from accllm.sim import rtl_native
+    from accllm.hw import rtl_native
 
     core.stalls(0, 0)
     rng = np.random.default_rng(2)
@@ -68,13 +69,14 @@ def test_engine_with_rtl_core_is_bit_exact_with_golden(flow):
     equal the golden model's, and every core operation of the model went through the RTL wrapper."""
     from transformers import AutoTokenizer
 
-    from accllm.hls.csim import CSim, compare_with_golden
-    from accllm.sim import rtl_native
+    from accllm.hls.csim import compare_with_golden
+    from accllm.hw import rtl_native
+    from accllm.hw.rtl_native import rtl_csim
     from accllm.sim.golden import GoldenModel
 
     ckpt, _, build = flow
     golden = GoldenModel.load(ckpt)
-    sim = CSim(build, core="rtl")
+    sim = rtl_csim(build)
     ids = AutoTokenizer.from_pretrained(ckpt).encode(PROMPTS[2])[:6]
     errors = rtl_native.load_stats(sim.lib)["protocol_errors"]
     rtl_native.start_log(sim.lib)

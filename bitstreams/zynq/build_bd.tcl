@@ -1,6 +1,6 @@
 # Vivado block design for PYNQ: Zynq UltraScale+ PS + the accllm HLS kernel, to .bit + .hwh.
 #   vivado -mode batch -source build_bd.tcl -tclargs <gen dir> <HLS IP repo> <output dir> <name>
-# <gen dir>/bd_params.tcl (written by accllm.hls.bitstream_build) names the board, part, kernel, its m_axi
+# <gen dir>/bd_params.tcl (written by accllm.bitstreams.build) names the board, part, kernel, its m_axi
 # ports and the PS S_AXI_HP ports they use.
 lassign $argv gen_dir ip_repo out_dir name
 source [file join $gen_dir bd_params.tcl]

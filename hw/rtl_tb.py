@@ -1,4 +1,4 @@
-"""cocotb testbench of the integer core (hw/rtl/accllm_core.sv), run through accllm.sim.rtl_runner.
+"""cocotb testbench of the integer core (hw/rtl/accllm_core.sv), run through accllm.hw.rtl_runner.
 
 Every operation of a job is packed into beats with accllm.sim.core_stream, driven into the core with random
 input gaps and random output back-pressure (probabilities from the job), and every output word and tlast is
@@ -22,7 +22,7 @@ from cocotb.triggers import RisingEdge
 
 from accllm.sim import core_stream as cs
 from accllm.sim import golden_core as gc
-from accllm.sim.rtl_runner import load_job
+from accllm.hw.rtl_runner import load_job
 
 KIND_MODE = {"dense": gc.MODE_DENSE, "sparse": gc.MODE_SPARSE, "qk": gc.MODE_QK, "pv": gc.MODE_PV}
 QUIET_CYCLES = 8  # cycles without output required after an operation (no stray accumulators)

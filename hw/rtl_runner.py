@@ -7,7 +7,7 @@ only what changed. Set ``ACCLLM_WAVES=1`` (or ``fst`` / ``vcd``) to build with t
 ``dump.fst`` (or ``dump.vcd``) in its work directory. FST needs the lz4 header (liblz4-dev); without it ``1``
 falls back to VCD.
 
-A run executes the cocotb testbench ``accllm.sim.rtl_tb`` on a *job*: an ``.npz`` of operations (see
+A run executes the cocotb testbench ``accllm.hw.rtl_tb`` on a *job*: an ``.npz`` of operations (see
 :func:`save_job`); the testbench checks every output against ``accllm.sim.golden_core`` and writes a JSON
 report with per-operation mismatch counts and cycle counts.
 """
@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-RTL_DIR = Path(__file__).resolve().parent.parent / "hw" / "rtl"
-RTL_SOURCES = ("accllm_dot2.sv", "accllm_operand_decode.sv", "accllm_out_fifo.sv", "accllm_core.sv")
+RTL_DIR = Path(__file__).resolve().parent / "rtl"
+RTL_SOURCES = ("accllm_dot2.sv", "accllm_mac.sv", "accllm_operand_decode.sv", "accllm_out_fifo.sv", "accllm_core.sv")
 TOPLEVEL = "accllm_core"
-TB_MODULE = "accllm.sim.rtl_tb"
+TB_MODULE = "accllm.hw.rtl_tb"
 DEFAULT_LANES, DEFAULT_GROUP, DEFAULT_OUT_DEPTH = 16, 32, 8  # GROUP as accllm.quant's default group size
 # Operand arrays each operation kind carries in a job (besides its scalar settings).
 OP_ARRAYS = {"dense": ("a", "codes", "zeros"), "sparse": ("a", "vals", "pos", "zeros"),
@@ -114,8 +114,8 @@ def build_core(lanes: int = DEFAULT_LANES, group: int = DEFAULT_GROUP, out_depth
     """Verilate and compile the core with the given parameters (reusing an earlier build of the same ones)."""
     from cocotb_tools.runner import get_runner
 
-    from .core_stream import check_lanes, group_beats
-    from .golden_core import MODE_SPARSE
+    from accllm.sim.core_stream import check_lanes, group_beats
+    from accllm.sim.golden_core import MODE_SPARSE
 
     check_lanes(lanes)
     group_beats(MODE_SPARSE, group, lanes)

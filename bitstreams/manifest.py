@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 MANIFEST_FORMAT = "accllm-bitstream-manifest-v1"
-DEFAULT_MANIFEST = Path(__file__).resolve().parent.parent / "bitstreams" / "manifest.json"
+DEFAULT_MANIFEST = Path(__file__).resolve().parent / "manifest.json"
 ARTIFACTS = {"vitis": ("xclbin",), "vivado": ("bit", "hwh")}
 
 
@@ -190,10 +190,10 @@ def verify_bitstream(entry: BitstreamEntry | Mapping, bitstream_path: str | Path
 def main(argv=None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m accllm.hls.manifest", description="Edit bitstreams/manifest.json")
+    p = argparse.ArgumentParser(prog="python -m accllm.bitstreams.manifest", description="Edit bitstreams/manifest.json")
     p.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
     sub = p.add_subparsers(dest="cmd", required=True)
-    a = sub.add_parser("add", help="add (or replace) an unbuilt entry written by accllm.hls.bitstream_build")
+    a = sub.add_parser("add", help="add (or replace) an unbuilt entry written by accllm.bitstreams.build")
     a.add_argument("entry", type=Path)
     r = sub.add_parser("record", help="after a real build: checksum an entry's artifacts and mark it built")
     r.add_argument("name")

@@ -1,9 +1,9 @@
 """The RTL core as native code: the HLS blackbox wrapper (``hw/rtl/accllm_core_hls_bb.v`` around
-``accllm_core``) Verilated to C++ and driven by ``sim/cpp/accllm_core_hls_bb_verilated.cpp``, which implements
+``accllm_core``) Verilated to C++ and driven by ``hw/cpp/accllm_core_hls_bb_verilated.cpp``, which implements
 the kernel's ``accllm_core_hls_bb()`` call cycle by cycle.
 
-Two uses: linked into the engine kernel it makes a C/RTL co-simulation (``accllm.hls.csim.build_library(...,
-core="rtl")``, the ``rtl`` runtime backend); on its own (:class:`RtlCore`) it runs single core operations and
+Two uses: linked into the engine kernel it makes a C/RTL co-simulation (:func:`rtl_csim`, the ``rtl`` runtime
+backend); on its own (:class:`RtlCore`) it runs single core operations and
 reports their cycle counts, which is what ``accllm.sim.perf`` is calibrated on. No cocotb or VPI is involved,
 so it runs at native speed. Builds are cached under ``$ACCLLM_CACHE/rtl`` keyed by the sources and parameters.
 """
@@ -30,6 +30,7 @@ LOG_FIELDS = ("mode", "beats", "packets", "outputs", "cycles")
 
 @dataclass(frozen=True)
 class VerilatedWrapper:
+    name = "rtl"  # what accllm.hls.csim.build_library links in place of the core's C model
     lanes: int
     group: int
     key: str                 # content hash of everything the objects were built from
@@ -51,8 +52,8 @@ def build_wrapper(lanes: int, group: int, verbose: bool = False) -> VerilatedWra
     from accllm.hls.csim import ap_types_dir
     from accllm.hls.project import BLACKBOX_H, TEMPLATES
 
-    from .core_stream import check_lanes, group_beats
-    from .golden_core import MODE_SPARSE
+    from accllm.sim.core_stream import check_lanes, group_beats
+    from accllm.sim.golden_core import MODE_SPARSE
 
     check_lanes(lanes)
     group_beats(MODE_SPARSE, group, lanes)  # the core closes groups on whole SPARSE beats
@@ -105,7 +106,7 @@ def read_log(lib, stop: bool = True) -> list[dict]:
 
 def log_by_mode(log: list[dict]) -> dict[str, dict]:
     """Logged calls summed per core mode: {mode name: {calls, beats, packets, outputs, cycles}}."""
-    from .golden_core import MODE_NAMES
+    from accllm.sim.golden_core import MODE_NAMES
 
     out: dict[str, dict] = {}
     for r in log:
@@ -138,7 +139,7 @@ class RtlCore:
 
     def run(self, stream) -> tuple[np.ndarray, dict]:
         """(int64 accumulators, the call's log record) of one operation."""
-        from .core_stream import beats_to_bytes
+        from accllm.sim.core_stream import beats_to_bytes
 
         if stream.lanes != self.lanes:
             raise ValueError(f"the stream has {stream.lanes} lanes, this core {self.lanes}")
@@ -157,3 +158,10 @@ class RtlCore:
             raise RuntimeError(f"the RTL core broke the blackbox protocol on a mode-{stream.mode} operation "
                                f"({rec['beats']} of {stream.beats} beats read, {rec['outputs']} of {n_out} outputs)")
         return out.astype(np.int64), rec
+
+
+def rtl_csim(build_dir, verbose: bool = False):
+    """The compiled engine's C-simulation with the Verilated RTL core linked behind the blackbox."""
+    from accllm.hls.csim import CSim, read_core_params
+
+    return CSim(build_dir, core=build_wrapper(*read_core_params(Path(build_dir) / "hls"), verbose=verbose))

@@ -1,7 +1,7 @@
 """Operations for the RTL testbench: random ones, and real ones taken from a model's layer.
 
 An operation is a dict ``{"kind": dense|sparse|qk|pv, "name": ..., <operand arrays>, ["group"]}`` as described
-by :data:`accllm.sim.rtl_runner.OP_ARRAYS`; a *vector* is one output accumulation of the core.
+by :data:`accllm.hw.rtl_runner.OP_ARRAYS`; a *vector* is one output accumulation of the core.
 
 Real operations quantize a layer's FP weights with Brevitas' 2-bit asymmetric group quantizer
 (``ShiftedUint8WeightGroupQuantFloat``, bit width 2) into integer codes and zero points, and take real
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .golden_core import sparse_from_dense
+from accllm.sim.golden_core import sparse_from_dense
 
 KINDS = ("dense", "sparse", "qk", "pv")
 

@@ -1,0 +1,132 @@
+"""The flow file (FLOW.yaml) as a validated schema: every key, its type and range, and the combinations that
+cannot work, refused when the file is loaded with a message naming the key."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .flow_steps import STEP_NAMES
+
+DEFAULT_FLOW = Path(__file__).parent / "flows" / "demo.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FlowError(ValueError):
+    """A flow file that cannot be run; the message names the key path."""
+
+
+class Compression(_Strict):
+    """Settings of ``accllm.quant.quantize.CompressionSettings`` (same names, same meaning)."""
+
+    sparsity: str = "2:4"
+    weight_bits: int = 2
+    group_size: int = Field(32, gt=0)
+    weight_method: str = "rtn"
+    act_bits: int = 8
+    kv_bits: int = 4
+    lambda_attention: bool = True
+    sinks: int = Field(4, ge=0)
+    window: int = Field(124, gt=0)
+    positions: str = "cache"
+    calib_samples: int = Field(16, gt=0)
+    calib_seqlen: int = Field(128, gt=1)
+    qat_steps: int = Field(0, ge=0)
+    seed: int = 0
+
+    def settings(self):
+        from accllm.quant.quantize import CompressionSettings
+
+        s = CompressionSettings(**self.model_dump())
+        s.validate()
+        return s
+
+
+class Engine(_Strict):
+    lanes: int = Field(16, gt=0)
+    group_size: int = Field(32, gt=0)
+    sinks: int = Field(4, ge=0)
+    window: int = Field(124, gt=0)
+
+    @field_validator("lanes")
+    @classmethod
+    def _lanes_power_of_two(cls, v):
+        if v & (v - 1):
+            raise ValueError(f"lanes must be a power of two, got {v}")
+        return v
+
+
+class Evaluation(_Strict):
+    prompts: list[str] = Field(default_factory=lambda: ["The return statement", "A list comprehension consists of"],
+                               min_length=1)
+    max_new_tokens: int = Field(16, gt=0)
+    perplexity_tokens: int = Field(2048, ge=0)
+
+
+class FlowConfig(_Strict):
+    name: str = "flow"
+    model: str = "bundled"
+    compression: Compression = Field(default_factory=Compression)
+    engine: Engine = Field(default_factory=Engine)
+    board: str = "kv260"
+    steps: list[str] = Field(default_factory=lambda: list(STEP_NAMES))
+    verify: list[str] = Field(default_factory=list)
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+
+    @field_validator("board")
+    @classmethod
+    def _known_board(cls, v):
+        from accllm.sim.boards import load_boards
+
+        if v.lower() not in load_boards():
+            raise ValueError(f"unknown board {v!r}; known boards: {', '.join(sorted(load_boards()))}")
+        return v.lower()
+
+    @field_validator("steps", "verify")
+    @classmethod
+    def _known_steps(cls, v):
+        unknown = [s for s in v if s not in STEP_NAMES]
+        if unknown:
+            raise ValueError(f"unknown step(s) {unknown}; steps are {', '.join(STEP_NAMES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _engine_matches_compression(self):
+        c, e = self.compression, self.engine
+        for key in ("group_size", "sinks", "window"):
+            if getattr(c, key) != getattr(e, key):
+                raise ValueError(f"engine.{key} ({getattr(e, key)}) differs from compression.{key} "
+                                 f"({getattr(c, key)}): the engine runs what the compression produced")
+        try:
+            c.settings()
+        except ValueError as err:
+            raise ValueError(f"compression: {err}") from None
+        return self
+
+
+def _format_validation_error(e: ValidationError, source: str) -> str:
+    lines = []
+    for err in e.errors():
+        where = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"{source}: {where}: {msg}")
+    return "\n".join(lines)
+
+
+def load_flow(path: Path) -> FlowConfig:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise FlowError(f"flow file {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise FlowError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise FlowError(f"{path}: a flow file is a mapping of keys, got {type(raw).__name__}")
+    try:
+        return FlowConfig.model_validate(raw)
+    except ValidationError as e:
+        raise FlowError(_format_validation_error(e, str(path))) from None

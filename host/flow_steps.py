@@ -1,0 +1,34 @@
+"""The flow's steps, in order: each names the function that runs it (in the folder that owns the work), the
+flow-file keys it reads, and the earlier steps whose artifacts it consumes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    run: str  # "module:function" taking a StepContext, returning (artifact path, metrics dict)
+    reads: tuple[str, ...]  # flow-file sections the step depends on
+    consumes: tuple[str, ...] = ()  # earlier steps whose artifacts it needs
+    uses: tuple[str, ...] = ()  # earlier steps whose artifacts it takes when the flow has them
+    verify: str | None = None  # "module:function" checking the artifact against the golden model
+
+
+# The ordered steps. ``reads`` names flow-file sections or dotted keys; a step reruns when any of them,
+# or the artifact of a step it consumes, changes.
+STEPS: list[Step] = [
+    Step("compress", "accllm.quant.steps:compress", ("model", "compression", "evaluation.perplexity_tokens"),
+         verify="accllm.sim.steps:verify_compress"),
+    Step("export", "accllm.hls.steps:export", (), ("compress",), verify="accllm.hls.steps:verify_export"),
+    Step("compile", "accllm.hls.steps:compile", ("engine.lanes", "board"), ("export",),
+         verify="accllm.hls.steps:verify_compile"),
+    Step("csim", "accllm.hls.steps:csim", ("evaluation.prompts", "evaluation.max_new_tokens"), ("compile",),
+         verify="accllm.hls.steps:verify_csim"),
+    Step("rtlsim", "accllm.hw.steps:rtlsim", ("evaluation.prompts", "evaluation.max_new_tokens"), ("compile",),
+         verify="accllm.hw.steps:verify_rtlsim"),
+    Step("perf", "accllm.sim.steps:perf", ("engine", "board"), ("compress",)),
+    Step("bitstream", "accllm.bitstreams.steps:bitstream", ("board",), ("compile",)),
+    Step("deploy", "accllm.host.steps:deploy", ("board",), ("compress", "compile"), uses=("bitstream",)),
+]
+STEP_NAMES: tuple[str, ...] = tuple(s.name for s in STEPS)
