@@ -10,22 +10,35 @@
 The backend owns the KV cache (Λ: constant memory however long the stream); this loop only feeds
 tokens and samples. Closing the generator early (``gen.close()``, or a client disconnect in the
 server) stops it between two device calls.
+
+Stop strings: text that could still turn into a stop string is held back (:class:`StopText`) and
+released once it cannot, so the start of a stop string is never emitted. When generation ends for
+another reason the held text is released, in a last event with ``token_id`` None if no token carries it.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
 
-from .sampling import Sampler, SamplingParams
+from .sampling import Sampler, SamplingParams, log_softmax, top_logprobs
 from .tokenizer import IncrementalDecoder, Tokenizer
+
+
+@dataclass
+class TokenLogprob:
+    token_id: int
+    logprob: float | None                 # None for the first prompt token (nothing predicts it)
+    top: list[tuple[int, float]]          # the most likely ids at this position, with their log-probabilities
 
 
 @dataclass
 class TokenEvent:
     index: int        # 0 for the first generated token
-    token_id: int
-    text: str         # the new text this token completes ("" while a character is incomplete)
+    token_id: int | None  # None: no new token, only held-back text released at the end
+    text: str         # the new text to show ("" while a character is incomplete or text may start a stop string)
     seconds: float    # since the generation started
+    piece: str = ""   # this token's own text in the output (before stop-string handling)
+    logprob: TokenLogprob | None = None  # when the generation was asked for log-probabilities
 
 
 @dataclass
@@ -46,13 +59,43 @@ class GenerationStats:
         return {**asdict(self), "decode_tokens_per_s": self.decode_tokens_per_s}
 
 
+class StopText:
+    """Emits streamed text, holding back any tail that is the beginning of a stop string."""
+
+    def __init__(self, stops):
+        self.stops = tuple(stops)
+        self.held = ""
+
+    def push(self, piece: str) -> tuple[str, bool]:
+        """(text safe to show, whether a stop string was completed); after a stop the text ends before it."""
+        s = self.held + piece
+        hits = [j for j in (s.find(x) for x in self.stops) if j >= 0]
+        if hits:
+            self.held = ""
+            return s[:min(hits)], True
+        keep = max((k for x in self.stops for k in range(min(len(s), len(x) - 1), 0, -1) if s.endswith(x[:k])),
+                   default=0)
+        self.held = s[len(s) - keep:] if keep else ""
+        return s[:len(s) - keep], False
+
+    def flush(self) -> str:
+        out, self.held = self.held, ""
+        return out
+
+
 class Generation:
-    """An iterator of :class:`TokenEvent`; ``stats`` is complete once it is exhausted or closed."""
+    """An iterator of :class:`TokenEvent`; ``stats`` is complete once it is exhausted or closed.
+
+    ``logprobs``: also report the model's log-probability of each generated token and its ``logprobs``
+    most likely alternatives (raw model logits: before logit bias, penalties and temperature).
+    ``prompt_logprobs``: the same for every prompt token (the prompt is then fed one token per device
+    call), in ``self.prompt_logprobs``; then ``max_tokens`` may be 0 (score the prompt only).
+    """
 
     def __init__(self, backend, tokenizer: Tokenizer, prompt, params: SamplingParams, max_prompt_tokens: int | None = None,
-                 record: bool = True):
+                 record: bool = True, logprobs: int | None = None, prompt_logprobs: bool = False):
         self.backend, self.tok = backend, tokenizer
-        self.params = params.validate()
+        self.params = params.validate(min_tokens=0 if prompt_logprobs else 1)
         ids = tokenizer.encode(prompt) if isinstance(prompt, str) else tokenizer.check_ids(prompt)
         if not ids:
             raise ValueError("the prompt is empty")
@@ -60,9 +103,11 @@ class Generation:
             raise ValueError(f"the prompt has {len(ids)} tokens; the limit is {max_prompt_tokens}")
         self.prompt_ids = ids
         self.record = record  # False: keep no growing output (endless streams); output_ids/text stay empty
+        self.logprobs = logprobs
+        self.want_prompt_logprobs = prompt_logprobs
+        self.prompt_logprobs: list[TokenLogprob] = []
         self.output_ids: list[int] = []
         self.text = ""
-        self._tail = ""  # the last characters, for stop strings
         self.stats = GenerationStats(prompt_tokens=len(ids))
         self._it = self._run()
 
@@ -77,17 +122,33 @@ class Generation:
             self.stats.finish_reason = "cancelled"
         self._it.close()
 
+    def _logprob(self, logits, token: int) -> TokenLogprob:
+        lp = log_softmax(logits)
+        return TokenLogprob(token, float(lp[token]), top_logprobs(lp, self.logprobs or 0))
+
+    def _prefill(self):
+        if not self.want_prompt_logprobs:
+            return self.backend.forward(self.prompt_ids)
+        # One call per token: each position's logits score the next prompt token.
+        self.prompt_logprobs = [TokenLogprob(self.prompt_ids[0], None, [])]
+        logits = None
+        for i, t in enumerate(self.prompt_ids):
+            logits = self.backend.forward([t])
+            if i + 1 < len(self.prompt_ids):
+                self.prompt_logprobs.append(self._logprob(logits, self.prompt_ids[i + 1]))
+        return logits
+
     def _run(self):
         p, st = self.params, self.stats
         sampler = Sampler(p)
         stop_ids = set(p.stop_tokens)
-        keep = max((len(x) for x in p.stop), default=0)
+        stops = StopText(p.stop)
         decoder = IncrementalDecoder(self.tok, self.prompt_ids)
         t0 = time.perf_counter()
         t_first = None
         try:
             self.backend.reset()
-            logits = self.backend.forward(self.prompt_ids)
+            logits = self._prefill()
             for i in range(p.max_tokens):
                 tok = sampler(logits)
                 now = time.perf_counter()
@@ -96,35 +157,29 @@ class Generation:
                     st.time_to_first_token_s = now - t0
                 if tok in stop_ids:
                     st.finish_reason = "stop"
+                    rest = stops.flush()
+                    if rest:
+                        if self.record:
+                            self.text += rest
+                        yield TokenEvent(i, None, rest, now - t0)
                     return
                 st.generated_tokens += 1
                 st.decode_seconds = now - t_first
                 piece = decoder.push(tok)
-                stop_at = _first_stop(self._tail, piece, p.stop)
-                if stop_at is not None:
-                    piece = piece[:stop_at]
+                text, stopped = stops.push(piece)
+                last = stopped or i + 1 == p.max_tokens
+                if last and not stopped:
+                    text += stops.flush()
                 if self.record:
                     self.output_ids.append(tok)
-                    self.text += piece
-                self._tail = (self._tail + piece)[-keep:] if keep else ""
-                yield TokenEvent(i, tok, piece, now - t0)
-                if stop_at is not None:
+                    self.text += text
+                lp = self._logprob(logits, tok) if self.logprobs is not None else None
+                yield TokenEvent(i, tok, text, now - t0, piece, lp)
+                if stopped:
                     st.finish_reason = "stop"
                     return
-                if i + 1 < p.max_tokens:
+                if not last:
                     logits = self.backend.forward([tok])
             st.finish_reason = "length"
         finally:
             st.total_seconds = time.perf_counter() - t0
-
-
-def _first_stop(text: str, piece: str, stops) -> int | None:
-    """Index in ``piece`` where the earliest stop string completed by it begins (clipped to 0), or None."""
-    best = None
-    for s in stops:
-        tail = text[-(len(s) - 1):] if len(s) > 1 else ""
-        j = (tail + piece).find(s)
-        if j >= 0:
-            cut = max(j - len(tail), 0)
-            best = cut if best is None else min(best, cut)
-    return best
