@@ -1,6 +1,8 @@
 """The backends of the device interface (:class:`accllm.host.backend.Backend`) and how to open one by name.
 
-- ``pynq``: a real board through :class:`accllm.host.driver.EngineDriver` on :class:`~accllm.host.mmio.PynqIO`.
+- ``pynq``: a Zynq board (KV260, ZCU104) through :class:`accllm.host.engine.EngineDriver` on
+  :class:`~accllm.host.mmio.PynqIO` (PYNQ overlay, register-level control).
+- ``xrt``: an Alveo card (U280) through the same driver on :class:`~accllm.host.xrt.XrtKernel` (XRT's pyxrt).
 - ``csim``: the same driver on :class:`~accllm.host.mmio.SimIO`, whose ``ap_start`` runs the compiled
   C-simulation library of the HLS kernel (the integer core as its C model).
 - ``rtl``: the same, with the kernel's integer core calls running the Verilated RTL core behind its HLS
@@ -18,7 +20,7 @@ import numpy as np
 from . import build as builds
 from .backend import Backend
 
-BACKENDS = ("csim", "rtl", "golden", "pynq", "fakequant")
+BACKENDS = ("csim", "rtl", "golden", "pynq", "xrt", "fakequant")
 
 
 class FakeQuantBackend(Backend):

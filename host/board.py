@@ -1,18 +1,24 @@
-"""Opening the board: choose the bitstream from the manifest, verify it, then load the overlay."""
+"""Opening a board: choose the bitstream from the manifest, verify it, then load it and open the kernel port —
+PYNQ (``pynq.Overlay`` and its register map) on Zynq boards, XRT (``pyxrt``) on Alveo."""
 from __future__ import annotations
 
 from pathlib import Path
 
 
-def choose_bitstream(manifest, image, name: str | None = None, board: str | None = None):
-    """The manifest entry to load: ``name`` if given, else the one built entry (for ``board``) whose
-    engine parameters and formats match the program."""
+# The bitstream flow each board backend loads: PYNQ opens Vivado .bit/.hwh overlays (pynq 4 has no Alveo
+# support), XRT opens Vitis .xclbin files.
+BACKEND_FLOW = {"pynq": "vivado", "xrt": "vitis"}
+
+
+def choose_bitstream(manifest, image, name: str | None = None, board: str | None = None, flow: str | None = None):
+    """The manifest entry to load: ``name`` if given, else the one built entry (for ``board``, of ``flow``)
+    whose engine parameters and formats match the program."""
     if name is not None:
         return manifest.entry(name)
     h = image.header
 
     def fits(e):
-        return (e.built and (board is None or e.board.lower() == board.lower())
+        return (e.built and (board is None or e.board.lower() == board.lower()) and (flow is None or e.flow == flow)
                 and e.program_format == _get(h, "program_format") and e.blob_format == _get(h, "blob_format")
                 and e.engine.lanes == _get(h, "lanes") and e.engine.group == _get(h, "group")
                 and e.dims == _get(h, "dims"))
@@ -30,22 +36,37 @@ def _get(h, key):
     return h.get(key) if isinstance(h, dict) else getattr(h, key, None)
 
 
-def pynq_io(image, bitstream: str | None = None, manifest: str | Path | None = None, board: str | None = None):
-    """A :class:`~accllm.host.mmio.PynqIO` on the verified bitstream (``verify_bitstream`` refuses a bitstream
-    whose checksum, formats or engine parameters differ from the manifest and the program)."""
+def open_kernel(backend: str, image, bitstream: str | None = None, manifest: str | Path | None = None,
+                board: str | None = None):
+    """The kernel port of a verified bitstream (``verify_bitstream`` refuses one whose checksum, formats or
+    engine parameters differ from the manifest and the program): ``pynq`` -> a register-level
+    :class:`~accllm.host.control.RegisterKernel` on :class:`~accllm.host.mmio.PynqIO`, ``xrt`` ->
+    :class:`~accllm.host.xrt.XrtKernel`."""
     from accllm.bitstreams.manifest import DEFAULT_MANIFEST, load_manifest, verify_bitstream
 
-    from .mmio import PynqIO
+    from .control import FLOW_PROTOCOL, RegisterKernel
 
+    if backend not in BACKEND_FLOW:
+        raise ValueError(f"unknown board backend {backend!r}; choose one of {', '.join(BACKEND_FLOW)}")
     mpath = Path(manifest) if manifest else DEFAULT_MANIFEST
     m = load_manifest(mpath)
-    entry = choose_bitstream(m, image, bitstream, board)
+    entry = choose_bitstream(m, image, bitstream, board, BACKEND_FLOW[backend])
+    if entry.flow != BACKEND_FLOW[backend]:
+        other = next(b for b, f in BACKEND_FLOW.items() if f == entry.flow)
+        raise ValueError(f"bitstream {entry.name!r} ({entry.board}) is a {entry.flow} build: run it with "
+                         f"--backend {other}, not {backend}")
     main = entry.artifacts["bit" if entry.flow == "vivado" else "xclbin"]
     path = mpath.parent / main.path
     verify_bitstream(entry, path, image.header, board=board)
+    if backend == "xrt":
+        from .xrt import XrtKernel
+
+        return XrtKernel(str(path), entry.kernel, [a.name for a in image.args])
+    from .mmio import PynqIO
+
     io = PynqIO(path, entry.kernel)
     check_register_map(io.ip, image.args)
-    return io
+    return RegisterKernel(io, image.args, protocol=FLOW_PROTOCOL[entry.flow], poll_s=1e-4)
 
 
 def check_register_map(ip, args) -> None:

@@ -8,6 +8,25 @@ import ctypes
 from .mmio import SimIO
 
 
+def library_step(library):
+    """One kernel run of a built C-simulation library as ``step(arrays, scalars)``: device arrays (numpy) and
+    scalar argument values by kernel argument name. Needs only ctypes (a board-side fake device uses it too)."""
+    lib = ctypes.CDLL(str(library))
+    lib.accllm_csim_step.restype = ctypes.c_int
+
+    def step(arrays, scalars) -> None:
+        def ptr(name):
+            return arrays[name].ctypes.data_as(ctypes.c_void_p)
+
+        def u32(name):
+            return ctypes.c_uint(int(scalars.get(name, 0)))
+
+        lib.accllm_csim_step(ptr("program"), u32("n_instr"), ptr("blob"), ptr("kv"), u32("token"), u32("pos"),
+                             ptr("logits"), ptr("trace"), u32("trace_en"))
+
+    return step
+
+
 def csim_io(build, image, core: str = "c") -> SimIO:
     from accllm.hls.csim import build_library, read_core_params
 
@@ -18,19 +37,12 @@ def csim_io(build, image, core: str = "c") -> SimIO:
         from accllm.hw.rtl_native import build_wrapper
 
         linked = build_wrapper(*read_core_params(build.path / "hls"))
-    lib = ctypes.CDLL(str(build_library(build.path / "hls", linked)))
-    lib.accllm_csim_step.restype = ctypes.c_int
-    off = {a.name: a for a in image.args}
+    step = library_step(build_library(build.path / "hls", linked))
 
     def run_kernel(io: SimIO) -> None:
-        def ptr(name):
-            return io.buffer_at(io.reg64(off[name].offset)).ctypes.data_as(ctypes.c_void_p)
-
-        def u32(name):
-            return ctypes.c_uint(io.regs.get(off[name].offset, 0))
-
-        lib.accllm_csim_step(ptr("program"), u32("n_instr"), ptr("blob"), ptr("kv"), u32("token"), u32("pos"),
-                             ptr("logits"), ptr("trace"), u32("trace_en"))
+        arrays = {a.name: io.buffer_at(io.reg64(a.offset)) for a in image.args if a.pointer}
+        scalars = {a.name: io.regs.get(a.offset, 0) for a in image.args if not a.pointer}
+        step(arrays, scalars)
         io.finish()
 
     return SimIO(run_kernel)

@@ -1,22 +1,24 @@
-"""The engine driver: the same code for the board (``pynq``), the C-simulation (``csim``) and the C/RTL
-co-simulation (``rtl``).
+"""The engine driver: the same code for the boards (``pynq``: Zynq through PYNQ, ``xrt``: Alveo through XRT),
+the C-simulation (``csim``) and the C/RTL co-simulation (``rtl``).
 
-Above :mod:`accllm.host.mmio` (register access + buffers) everything is shared:
+Above a *kernel port* (:mod:`accllm.host.control`: register-level on PYNQ and in simulation,
+:mod:`accllm.host.xrt` on XRT) everything is shared:
 
 1. ``load``: the compiled program and weight blob are verified (format version and checksum, by the
    compiler's own readers) before anything is allocated or started; then the device buffers are allocated
-   (program, weights, Λ KV cache, scratch, logits), filled, synced to the device, and their device
-   addresses written to the kernel's pointer arguments (64-bit, low word first).
+   (each in the memory bank of its kernel argument), filled, synced to the device and bound to the kernel's
+   pointer arguments; the kernel must be idle before the first start.
 2. ``step(token)``: per engine run (one token), the scalar arguments (token id, stream position, KV slot,
-   occupied slots — from :class:`~accllm.host.kv.LambdaKVManager`) are written, ``ap_start`` is set, the
-   control register is polled for ``ap_done`` with a timeout, and the logits buffer is synced back.
+   occupied slots — from :class:`~accllm.host.kv.LambdaKVManager`) are set, the kernel is started and waited
+   for with a timeout (ap_done, and ap_continue where the protocol needs it), and the logits are synced back.
+3. ``recover``: after a timeout the driver refuses to start again until the kernel is idle: a late ap_done is
+   waited for, else the kernel is reloaded (bitstream), its arguments bound again and ap_idle checked.
 
 The kernel's register map (argument order and offsets) and the file formats belong to the compiler
 (``accllm.hls``); :mod:`accllm.host.image` is the one adapter that reads them.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,51 +26,58 @@ import numpy as np
 from .backend import Backend
 from .image import EngineImage, read_engine_image
 from .kv import LambdaKVManager
-from .mmio import AP_DONE, AP_START, CTRL
+
+ENGINE_BACKENDS = ("csim", "rtl", "pynq", "xrt")
 
 
 class DeviceTimeout(TimeoutError):
     """The kernel never signalled ap_done."""
 
 
+class DeviceNotIdle(RuntimeError):
+    """The kernel is not idle where a start needs it to be (a hung run; reset the backend)."""
+
+
 class EngineDriver:
-    def __init__(self, io, image: EngineImage, timeout_s: float = 10.0, poll_s: float = 0.0):
+    def __init__(self, kernel, image: EngineImage, timeout_s: float = 10.0, grace_s: float = 1.0):
         if timeout_s <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout_s}")
-        self.io, self.image, self.timeout_s, self.poll_s = io, image, timeout_s, poll_s
-        self.args = {a.name: a for a in image.args}
-        missing = [n for n in (*image.buffers, *image.scalars, *image.constants) if n not in self.args]
+        self.kernel, self.image, self.timeout_s, self.grace_s = kernel, image, timeout_s, grace_s
+        names = {a.name for a in image.args}
+        missing = [n for n in (*image.buffers, *image.scalars, *image.constants) if n not in names]
         if missing:
-            raise ValueError(f"the kernel has no argument(s) {missing}; it has {sorted(self.args)}")
+            raise ValueError(f"the kernel has no argument(s) {missing}; it has {sorted(names)}")
+        if image.kv_arg not in image.buffers:
+            raise ValueError(f"the image names {image.kv_arg!r} as the KV cache but lists no such buffer")
         self.buffers: dict[str, object] = {}
         self.kv: LambdaKVManager | None = None
         self.runs = 0
+        self.fault: str | None = None  # why the kernel cannot be started until recover()
 
     def load(self) -> None:
         img = self.image
         for name, init in img.buffers.items():
             if name == img.kv_arg:
-                self.kv = LambdaKVManager(img.layout, self.io.allocate)
+                self.kv = LambdaKVManager(img.layout, lambda shape, dtype: self.kernel.allocate(name, shape[0]))
                 buf = self.kv.buffer
             else:
                 data = np.frombuffer(init, dtype=np.uint8) if isinstance(init, (bytes, bytearray)) else None
-                buf = self.io.allocate((len(data) if data is not None else int(init),), np.uint8)
+                buf = self.kernel.allocate(name, len(data) if data is not None else int(init))
                 if data is not None:
                     buf[:] = data
-            buf.sync_to_device()
             self.buffers[name] = buf
-            self._write_pointer(name, int(buf.device_address))
-        if self.kv is None:
-            raise ValueError(f"the image names {img.kv_arg!r} as the KV cache but lists no such buffer")
-        for name, value in img.constants.items():
-            self.io.write(self.args[name].offset, value)
+        self._upload()
+        if not self.kernel.idle():
+            self.fault = "the kernel was not idle before the first start"
+            raise DeviceNotIdle(f"{self.fault} (another process may be driving it, or it hung); reset the device")
 
-    def _write_pointer(self, name: str, address: int) -> None:
-        a = self.args[name]
-        if not a.pointer:
-            raise ValueError(f"kernel argument {name!r} is a scalar, not a buffer pointer")
-        self.io.write(a.offset, address & 0xFFFF_FFFF)
-        self.io.write(a.offset + 4, address >> 32)
+    def _upload(self) -> None:
+        """Buffers to the device and bound to their arguments, constant scalars set."""
+        for name, buf in self.buffers.items():
+            buf.sync_to_device()
+            self.kernel.set_buffer(name, buf)
+        for name, value in self.image.constants.items():
+            self.kernel.set_scalar(name, value)
 
     def reset(self) -> None:
         self.kv.reset()
@@ -77,36 +86,51 @@ class EngineDriver:
         """One engine run: the token at the next stream position; returns float32 logits [vocab]."""
         if not 0 <= token < self.image.vocab:
             raise ValueError(f"token id {token} outside the vocabulary [0, {self.image.vocab})")
+        if self.fault:
+            raise DeviceNotIdle(f"{self.fault}; reset the backend before the next run")
+        if not self.kernel.idle():
+            self.fault = f"the kernel was busy before run {self.runs}"
+            raise DeviceNotIdle(f"{self.fault}; reset the backend before the next run")
         s = self.kv.next_step()
         values = {"token": token, "pos": s.pos, "slot": s.slot, "occupied": s.occupied}
         for name, what in self.image.scalars.items():
-            self.io.write(self.args[name].offset, values[what])
-        self.io.write(CTRL, AP_START)
-        self._wait_done()
+            self.kernel.set_scalar(name, values[what])
+        self.kernel.start()
+        if not self.kernel.wait(self.timeout_s):
+            self.fault = f"run {self.runs} timed out"
+            raise DeviceTimeout(f"the kernel did not signal ap_done within {self.timeout_s:g} s "
+                                f"(run {self.runs}, stream position {self.kv.pos}); the device may be hung")
         self.kv.advance()
         self.runs += 1
         out = self.buffers[self.image.logits_arg]
         out.sync_from_device()
         return np.frombuffer(bytes(out[: 4 * self.image.vocab]), dtype="<f4").copy()
 
-    def _wait_done(self) -> None:
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            if self.io.read(CTRL) & AP_DONE:
-                return
-            if time.monotonic() > deadline:
-                raise DeviceTimeout(f"the kernel did not signal ap_done within {self.timeout_s:g} s "
-                                    f"(run {self.runs}, stream position {self.kv.pos}); the device may be hung")
-            if self.poll_s:
-                time.sleep(self.poll_s)
+    def recover(self) -> None:
+        """Make the kernel usable after a timeout: wait for a late ap_done, else reload it; then bind the
+        buffers again, check ap_idle and start a new stream (the timed-out run may have half-written the KV
+        cache). Raises :class:`DeviceNotIdle` if the kernel is still busy."""
+        if self.fault and not self.kernel.idle():
+            late = self.kernel.wait(self.grace_s)
+            if not (late and self.kernel.idle()):
+                try:
+                    self.kernel.reload()
+                except RuntimeError as e:
+                    raise DeviceNotIdle(str(e)) from e
+        self._upload()  # a reload may clear the argument registers (and on XRT gives a fresh run)
+        if not self.kernel.idle():
+            self.fault = "the kernel is still busy after a reload"
+            raise DeviceNotIdle(f"{self.fault}; power-cycle or reset the board")
+        self.fault = None
+        self.kv.reset()
 
     def close(self) -> None:
-        self.io.close()
+        self.kernel.close()
 
 
 class EngineBackend(Backend):
-    """A backend over :class:`EngineDriver`: ``pynq`` (board), ``csim`` (C-simulation) or ``rtl`` (the kernel
-    with the Verilated RTL core)."""
+    """A backend over :class:`EngineDriver`: ``pynq`` or ``xrt`` (boards), ``csim`` (C-simulation) or ``rtl``
+    (the kernel with the Verilated RTL core)."""
 
     def __init__(self, name: str, driver: EngineDriver):
         self.name, self.driver = name, driver
@@ -118,19 +142,27 @@ class EngineBackend(Backend):
              manifest: str | Path | None = None, board: str | None = None, **_) -> "EngineBackend":
         image = read_engine_image(build)  # verified before anything is allocated or started
         if name in ("csim", "rtl"):
+            from .control import RegisterKernel
             from .csim import csim_io
 
-            io = csim_io(build, image, core="c" if name == "csim" else "rtl")
-        elif name == "pynq":
-            from .board import pynq_io
+            kernel = RegisterKernel(csim_io(build, image, core="c" if name == "csim" else "rtl"), image.args)
+        elif name in ("pynq", "xrt"):
+            from .board import open_kernel
 
-            io = pynq_io(image, bitstream=bitstream, manifest=manifest, board=board)
+            kernel = open_kernel(name, image, bitstream=bitstream, manifest=manifest, board=board)
         else:
-            raise ValueError(f"backend {name!r} is not an engine backend")
-        return cls(name, EngineDriver(io, image, timeout_s=timeout_s, poll_s=0.0 if name != "pynq" else 1e-4))
+            raise ValueError(f"backend {name!r} is not an engine backend; choose one of {', '.join(ENGINE_BACKENDS)}")
+        return cls(name, EngineDriver(kernel, image, timeout_s=timeout_s))
 
     def reset(self) -> None:
-        self.driver.reset()
+        """A new stream; after a device timeout this is :meth:`recover` (kernel idle again, or an error)."""
+        if self.driver.fault:
+            self.driver.recover()
+        else:
+            self.driver.reset()
+
+    def recover(self) -> None:
+        self.driver.recover()
 
     def forward(self, ids) -> np.ndarray:
         for t in ids:  # the program runs one token per start: prefill is token by token

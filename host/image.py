@@ -50,16 +50,13 @@ def kernel_args() -> list[tuple[str, bool]]:
 
 def read_engine_image(build) -> EngineImage:
     """The build's program and weight blob, verified by the compiler's readers (magic, format version,
-    sha256, program/blob pairing), and the kernel's register map -> :class:`EngineImage`."""
+    sha256, program/blob pairing, the build's files.sha256), and the kernel's register map -> :class:`EngineImage`."""
     from accllm.hls import blob as blobfmt
-    from accllm.hls import container
     from accllm.hls import program as prog
-    from accllm.sim.golden import Dims
+    from accllm.sim.dims import Dims
 
-    ppath, bpath = build.path / "program.bin", build.path / "weights.blob"
-    meta, instrs, program = prog.read_program(ppath)
-    _, payload = blobfmt.read_blob(bpath)
-    prog.check_pair(meta, container.sha256(payload), ppath, bpath)
+    ppath = build.path / prog.PROGRAM_FILE
+    meta, instrs, program, _, payload = prog.read_compiled(build.path)
     dims = Dims(**meta["dims"])
     layout = dims.kv_layout()
     if layout.nbytes != meta["kv_bytes"]:

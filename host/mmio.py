@@ -18,9 +18,9 @@ from typing import Callable
 
 import numpy as np
 
-# Vitis HLS ap_ctrl_hs control register (offset 0 of every s_axilite kernel map).
+# Vitis HLS control register (offset 0 of every s_axilite kernel map; bits: accllm.host.control).
 CTRL = 0x00
-AP_START, AP_DONE, AP_IDLE, AP_READY = 0x1, 0x2, 0x4, 0x8
+AP_START, AP_DONE, AP_IDLE, AP_READY, AP_CONTINUE = 0x1, 0x2, 0x4, 0x8, 0x10
 
 
 class SimBuffer(np.ndarray):
@@ -44,7 +44,7 @@ class SimIO:
     ALIGN = 4096
 
     def __init__(self, on_start: Callable[["SimIO"], None] | None = None):
-        self.regs: dict[int, int] = {}
+        self.regs: dict[int, int] = {CTRL: AP_IDLE}  # out of reset the kernel is idle
         self.buffers: dict[int, SimBuffer] = {}
         self.on_start = on_start
         # The latest register writes, in order (for tests and traces); bounded so endless streams stay flat.
@@ -87,6 +87,10 @@ class SimIO:
         """Called by the kernel simulation when it is done: ap_done and ap_idle set, ap_start cleared."""
         self.regs[CTRL] = AP_DONE | AP_IDLE
 
+    def reload(self) -> None:
+        """What a bitstream reload does to the kernel: registers cleared, the kernel idle; memory kept."""
+        self.regs = {CTRL: AP_IDLE}
+
     def reg64(self, offset: int) -> int:
         return self.regs.get(offset, 0) | (self.regs.get(offset + 4, 0) << 32)
 
@@ -100,16 +104,26 @@ class PynqIO:
     def __init__(self, bitfile: str | Path, kernel: str, download: bool = True):
         import pynq  # only on a board (or where pynq's device layer can open one)
 
-        self._pynq = pynq
+        self._pynq, self.kernel, self.bitfile = pynq, kernel, str(bitfile)
         self.overlay = pynq.Overlay(str(bitfile), download=download)
+        self.ip = self._find_ip(bitfile)
+        self._buffers = []
+
+    def _find_ip(self, bitfile):
         names = list(self.overlay.ip_dict)
+        kernel = self.kernel
         match = [n for n in names if n == kernel or n.split("/")[-1] == kernel or n.startswith(kernel)]
         if not match:
             raise ValueError(f"the overlay {bitfile} has no IP named {kernel!r}; it has {', '.join(names) or 'none'}")
-        self.ip = self.overlay
+        ip = self.overlay
         for part in match[0].split("/"):  # hierarchies are attributes of attributes
-            self.ip = getattr(self.ip, part)
-        self._buffers = []
+            ip = getattr(ip, part)
+        return ip
+
+    def reload(self) -> None:
+        """Program the bitstream again: the PL (and the kernel) is reset; buffers in DDR stay allocated."""
+        self.overlay.download()
+        self.ip = self._find_ip(self.bitfile)
 
     def allocate(self, shape, dtype):
         buf = self._pynq.allocate(shape=shape, dtype=dtype)

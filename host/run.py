@@ -43,12 +43,13 @@ def describe(stats) -> str:
 
 def add_backend_arguments(p) -> None:
     p.add_argument("--backend", default="csim", choices=BACKENDS,
-                   help="pynq (a board), csim (C-simulation of the kernel), golden (torch golden model), "
-                        "fakequant (Brevitas model of the checkpoint)")
+                   help="pynq (a Zynq board: KV260, ZCU104), xrt (an Alveo card: U280), csim (C-simulation of the "
+                        "kernel), rtl (with the Verilated core), golden (torch golden model), fakequant (Brevitas model "
+                        "of the checkpoint)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the device per token")
-    p.add_argument("--bitstream", default=None, help="pynq: manifest entry name (default: the one that matches)")
-    p.add_argument("--manifest", type=Path, default=None, help="pynq: bitstream manifest (default: bitstreams/manifest.json)")
-    p.add_argument("--board", default=None, help="pynq: the board this is (checked against the manifest)")
+    p.add_argument("--bitstream", default=None, help="pynq/xrt: manifest entry name (default: the one that matches)")
+    p.add_argument("--manifest", type=Path, default=None, help="pynq/xrt: bitstream manifest (default: bitstreams/manifest.json)")
+    p.add_argument("--board", default=None, help="pynq/xrt: the board this is (checked against the manifest)")
 
 
 def add_sampling_arguments(p) -> None:
@@ -71,13 +72,13 @@ def run_command(a) -> int:
     params = sampling_from_args(a, tok)
     if not a.prompt:
         raise ValueError("--prompt is empty: give some text to continue")
-    from .engine import DeviceTimeout
+    from .engine import DeviceNotIdle, DeviceTimeout
 
     with open_backend(a.backend, a.build, **backend_options(a)) as backend:
         try:
             gen = stream(backend, tok, a.prompt, params)
-        except DeviceTimeout as e:
-            print(f"\naccllm run: device timeout: {e}", file=sys.stderr)
+        except (DeviceTimeout, DeviceNotIdle) as e:
+            print(f"\naccllm run: device error: {e}", file=sys.stderr)
             return 3
     print(f"[{a.backend}] " + describe(gen.stats), file=sys.stderr)
     if a.json:

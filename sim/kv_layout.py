@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 KV_BITS = 4
 
@@ -90,31 +89,14 @@ class KVLayout:
         return self.layers * 2 * self.kv_heads * self.slots * self.slot_bytes
 
 
-class KVCache:
-    """The golden model's cache: unpacked integer codes, float32 scales, integer zero points."""
-
-    def __init__(self, layout: KVLayout):
-        self.layout = layout
-        shape = (layout.layers, 2, layout.kv_heads, layout.slots)
-        self.codes = torch.zeros(*shape, layout.head_dim, dtype=torch.int64)
-        self.scales = torch.zeros(shape, dtype=torch.float32)
-        self.zeros = torch.zeros(shape, dtype=torch.int64)
-
-    def write(self, layer: int, pos: int, k_codes, k_scale, k_zero, v_codes, v_scale, v_zero) -> int:
-        """Store one token (all KV heads) of ``layer`` in its slot; returns the slot."""
-        s = self.layout.slot_of(pos)
-        for t, (c, sc, z) in enumerate(((k_codes, k_scale, k_zero), (v_codes, v_scale, v_zero))):
-            self.codes[layer, t, :, s] = c
-            self.scales[layer, t, :, s] = sc
-            self.zeros[layer, t, :, s] = z
-        return s
-
-    def packed(self) -> bytes:
-        """The engine's memory image of the cache (see the module docstring)."""
-        L = self.layout
-        codes = pack_kv4(self.codes.numpy())  # [L, 2, H, S, D/2]
-        rec = np.zeros((*codes.shape[:-1], L.slot_bytes), np.uint8)
-        rec[..., : L.head_dim // 2] = codes
-        rec[..., L.head_dim // 2: L.head_dim // 2 + 4] = self.scales.numpy()[..., None].view(np.uint8).reshape(*codes.shape[:-1], 4)
-        rec[..., -1] = self.zeros.numpy().astype(np.uint8)
-        return rec.tobytes()
+def pack_slots(layout: KVLayout, codes, scales, zeros) -> bytes:
+    """The engine's memory image of a cache (see the module docstring) from its unpacked form: integer codes
+    [layers, 2, kv_heads, slots, head_dim], float32 scales and integer zero points [layers, 2, kv_heads, slots]."""
+    codes = pack_kv4(codes)  # [L, 2, H, S, D/2]
+    lead = codes.shape[:-1]
+    rec = np.zeros((*lead, layout.slot_bytes), np.uint8)
+    rec[..., : layout.head_dim // 2] = codes
+    rec[..., layout.head_dim // 2: layout.head_dim // 2 + 4] = \
+        np.ascontiguousarray(scales, dtype="<f4")[..., None].view(np.uint8).reshape(*lead, 4)
+    rec[..., -1] = np.asarray(zeros).astype(np.uint8)
+    return rec.tobytes()
