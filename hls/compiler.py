@@ -1,17 +1,28 @@
-"""``accllm compile``: exported QONNX decoder layers -> engine program + packed weight blob + HLS project.
+"""``accllm compile``: the exported QONNX graphs -> engine program + packed weight blob + HLS project.
 
-The compiler reads each layer graph with qonnx's ModelWrapper (shape inference as clean-up), checks that
-every node is one the engine implements (an unsupported op or shape is an error naming the node), and
-recovers the engine's integers from the graph itself: the 2-bit codes of each linear from its weight
-``Quant`` node (``code = round(W / scale + zeropt)``, QONNX semantics), its scales and zero points, the
-2:4 pattern from the pruned codes; the quantiser widths (int8 inputs/Q/P, uint4 K/V) are checked on the
-activation ``Quant`` nodes. Norm weights come from the graph initialisers; the embedding, final norm and
-RoPE frequencies from the export's ``extras.safetensors``.
+The program comes from the graphs: :mod:`accllm.hls.onnx_patterns` matches every node of ``embed.onnx``, each
+``layerNN.onnx`` and ``lm_head.onnx`` to a unit of the engine (or refuses the graph, naming the node), and this
+module emits one instruction per matched unit, in the order the graph computes them. Dimensions, bit widths,
+group size, Λ sinks/window and head counts are read from the matches (initializer shapes and values, node
+attributes); only the sink-rotation rule, which a prefill graph cannot show, comes from the graphs' metadata
+(``accllm_positions``). The engine's integers come from the weight ``Quant`` nodes (``code = round(W / scale +
+zeropt)``, QONNX semantics, after the 2:4 mask), the 2:4 pattern from the pruned codes.
+
+Operands and the graph fields they come from:
+
+    EMBED       embed_off          embed.onnx Gather's table [V, H] (fp16 in the blob)
+    RMSNORM     weight_off, n      the RMSNorm's weight initializer [H]; eps (one per engine) its Add constant
+    LINEAR      stream, scales,    weight Quant's (W, scale, zeropt) [N, K/G, G] x the 2:4 mask; G = last dim;
+                mode               SPARSE when every linear is masked 2:4, else DENSE
+    ATTENTION   inv_freq_off       embed.onnx's inverse frequencies [D/2]; heads / kv_heads / D from the q, k
+                                   linear shapes and the head Reshape; sinks / window from the Λ mask's Less
+                                   constants; 1/sqrt(D) checked on the score Mul
+    ADD         n                  the residual Add (stream + block)
+    SILU_MUL    n                  Mul(Mul(g, Sigmoid(g)), u); n = gate N
+    LMHEAD      head_off           lm_head.onnx MatMul's weight [H, V] (the embedding's section when tied)
 """
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,28 +31,14 @@ import numpy as np
 import torch
 
 from accllm.hls import blob as blobfmt
+from accllm.hls import onnx_patterns as pat
 from accllm.hls import program as prog
 from accllm.hls.export import read_manifest
 from accllm.sim import golden_core as core
-from accllm.sim.golden import LINEAR_PARENT, LINEARS, Dims, GoldenWeights, LinearInts, trace_fields
-
-# ONNX ops of a decoder layer graph and the engine unit that implements them.
-SUPPORTED_OPS = {
-    "Quant": "integer core operands (int8 activations, uint2 weights, uint4 KV)",
-    "MatMul": "integer core (dense / sparse / QK / PV modes)",
-    "Softmax": "softmax unit", "Sigmoid": "SiLU unit", "Pow": "RMSNorm", "ReduceMean": "RMSNorm",
-    "Sqrt": "RMSNorm", "Div": "RMSNorm / quantiser scale", "Mul": "dequantisation / RoPE / norm weight",
-    "Add": "residual / RoPE", "Sub": "RoPE", "Neg": "RoPE", "Abs": "quantiser statistics",
-    "ReduceMax": "quantiser statistics", "ReduceMin": "quantiser statistics", "Clip": "quantiser statistics",
-    "Round": "quantiser zero point", "Where": "Λ mask / quantiser", "Reshape": "layout", "Transpose": "layout",
-    "Flatten": "layout", "Slice": "layout", "Concat": "layout", "Unsqueeze": "layout", "Squeeze": "layout",
-    "Gather": "layout", "Shape": "layout", "Cast": "layout", "Tile": "GQA head sharing", "Expand": "GQA head sharing",
-    "Constant": "constant", "Identity": "layout", "Range": "Λ mask", "Equal": "Λ mask", "Less": "Λ mask",
-    "LessOrEqual": "Λ mask", "Greater": "Λ mask", "GreaterOrEqual": "Λ mask / quantiser", "And": "Λ mask",
-    "Or": "Λ mask", "Not": "Λ mask",
-}
+from accllm.sim.golden import LINEARS, Dims, GoldenWeights, LinearInts, trace_fields
 
 DEFAULT_LANES = 16
+BLOCK_ORDER = ("attention", "mlp")  # the Llama order; a graph may compute its blocks in the other order
 
 
 @dataclass
@@ -55,97 +52,108 @@ class CompileResult:
     seconds: float
 
 
-def _load_layer_graph(path: Path):
-    from qonnx.core.modelwrapper import ModelWrapper
-    from qonnx.transformation.infer_shapes import InferShapes
-
-    if not path.is_file():
-        raise FileNotFoundError(f"layer graph {path} is missing from the export")
-    mw = ModelWrapper(str(path)).transform(InferShapes())
-    for node in mw.graph.node:
-        if node.op_type not in SUPPORTED_OPS:
-            raise ValueError(f"{path.name}: node {node.name!r} has op {node.op_type!r}, which the engine does not implement")
-    return mw
+@dataclass
+class GraphModel:
+    """What the graphs say the engine computes: weights and dimensions, and each layer's block order."""
+    weights: GoldenWeights
+    order: list  # per layer, the block kinds in execution order
 
 
-def _quant_attrs(node) -> dict:
-    from onnx import helper
+def _one(values: dict, what: str, why: str):
+    """The single value all graphs agree on. ``values``: file -> (value, node name); a graph that differs from the
+    first is refused naming its node."""
+    items = list(values.items())
+    first_file, (first, _) = items[0]
+    for f, (val, node) in items[1:]:
+        if val != first:
+            where = f"node {node}: " if node else ""
+            raise pat.GraphRefused(f"{f.split()[0]}: {where}{what} {val} differs from {first} in "
+                                   f"{first_file.split()[0]}; {why}")
+    return first
 
-    out = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    return {k: v.decode() if isinstance(v, bytes) else v for k, v in out.items()}
+
+def read_graphs(export_path, progress: bool = True) -> GraphModel:
+    """Match every graph of an export (``embed.onnx``, ``layerNN.onnx``, ``lm_head.onnx``) and collect the
+    engine's weights and dimensions from the matches."""
+    from tqdm import tqdm
+
+    d, manifest = read_manifest(export_path)
+    files = [d / manifest["embed"]] + [d / f for f in manifest["layers"]] + [d / manifest["lm_head"]]
+    pat.check_chain(files)
+    emb = pat.match_embed(files[0])
+    layers = [pat.match_layer(f) for f in tqdm(files[1:-1], desc="match graphs", disable=not progress)]
+    head = pat.match_head(files[-1])
+    if not layers:
+        raise pat.GraphRefused(f"{d}: the export has no decoder-layer graphs")
+    for i, m in enumerate(layers):
+        if m.meta.get("accllm_layer", str(i)) != str(i):
+            raise pat.GraphRefused(f"{m.file}: metadata says layer {m.meta['accllm_layer']}, listed as layer {i}")
+    dims = _dims(emb, layers, head)
+    linears, norms = [], []
+    for m in layers:
+        layer = {}
+        for b in m.blocks:
+            if b.norm["weight"].shape != (dims.hidden,):
+                raise pat.GraphRefused(f"{m.file}: node {b.norm['node']!r} (Mul): RMSNorm weight "
+                                       f"{b.norm['weight'].shape}, expected [{dims.hidden}]")
+            for role, lin in b.linears.items():
+                if lin.shape != dims.linear_shape(role):
+                    raise pat.GraphRefused(f"{m.file}: node {lin.weight_node!r} (Quant): {role} weight {lin.shape}, "
+                                           f"expected {dims.linear_shape(role)}")
+                layer[role] = _linear_ints(m.file, lin, dims)
+        linears.append(layer)
+        norms.append(tuple(torch.from_numpy(m.block(k).norm["weight"].copy()) for k in BLOCK_ORDER))
+    embed, lm_head = torch.from_numpy(emb.embed.copy()), torch.from_numpy(head.lm_head.copy())
+    w = GoldenWeights(dims, embed, norms, torch.from_numpy(head.norm["weight"].copy()),
+                      torch.from_numpy(emb.inv_freq.copy()), linears,
+                      lm_head=None if torch.equal(lm_head, embed) else lm_head)  # None: tied
+    return GraphModel(w, [[b.kind for b in m.blocks] for m in layers])
 
 
-def _linear_from_graph(mw, graph_name: str, lin_name: str, dims: Dims) -> LinearInts:
-    """Codes / zero points / scales of one linear from its weight ``Quant`` node (QONNX semantics)."""
-    from qonnx.custom_op.general.quant import quant
+def _dims(emb: pat.EmbedMatch, layers: list, head: pat.HeadMatch) -> Dims:
+    """The engine's dimensions: one value per setting, which every graph must agree on."""
+    why = "the engine runs one configuration for all layers"
+    atts = {m.file: m.block("attention").attention for m in layers}
+    heads = _one({f: ((a.heads, a.kv_heads, a.head_dim), f"{a.node!r} (MatMul)") for f, a in atts.items()},
+                 "heads / KV heads / head dim", why)
+    sinks, window = _one({f: ((a.sinks, a.window), f"{a.mask_node!r} (Less)") for f, a in atts.items()},
+                         "Λ (sinks, window)", "the engine's KV cache has one Λ layout for all layers")
+    lins = {f"{m.file} {r}": lin for m in layers for b in m.blocks for r, lin in b.linears.items()}
+    group = _one({k: (lin.group, f"{lin.weight_node!r} (Quant)") for k, lin in lins.items()}, "weight group size", why)
+    sparse = _one({k: (lin.masked, f"{lin.weight_node!r} (Quant)") for k, lin in lins.items()},
+                  "2:4 weight mask present", why)
+    norms = {f"{m.file} {b.kind}": (b.norm["eps"], f"{b.norm['node']!r} (Mul)") for m in layers for b in m.blocks}
+    norms[head.file] = (head.norm["eps"], f"{head.norm['node']!r} (Mul)")
+    eps = _one(norms, "RMSNorm eps", why)
+    metas = {emb.file: emb.meta, **{m.file: m.meta for m in layers}, head.file: head.meta}
+    positions = _one({f: (meta.get("accllm_positions"), None) for f, meta in metas.items()},
+                     "metadata accllm_positions", why)
+    if positions not in ("cache", "absolute"):
+        raise pat.GraphRefused(f"{emb.file}: metadata accllm_positions={positions!r}, expected cache or absolute")
+    vocab, hidden = emb.embed.shape
+    if emb.inv_freq.shape != (heads[2] // 2,):
+        raise pat.GraphRefused(f"{emb.file}: {emb.inv_freq.shape[0]} RoPE frequencies for heads of {heads[2]}")
+    if head.lm_head.shape != (vocab, hidden) or head.norm["weight"].shape != (hidden,):
+        raise pat.GraphRefused(f"{head.file}: node {head.node!r} (MatMul): LM head {head.lm_head.shape} / final norm "
+                               f"{head.norm['weight'].shape} do not fit a vocabulary of {vocab} and {hidden} channels")
+    return Dims(vocab=vocab, hidden=hidden, layers=len(layers), heads=heads[0], kv_heads=heads[1], head_dim=heads[2],
+                intermediate=layers[0].block("mlp").linears["gate_proj"].shape[0], eps=eps, group=group, sinks=sinks,
+                window=window, sink_rotation=positions == "cache", sparse=sparse)
 
-    parent = LINEAR_PARENT[lin_name]
-    wq = [n for n in mw.graph.node if n.op_type == "Quant" and f"/{parent}/{lin_name}/weight_quant/" in n.name]
-    aq = [n for n in mw.graph.node if n.op_type == "Quant" and f"/{parent}/{lin_name}/input_quant/" in n.name]
-    if len(wq) != 1 or len(aq) != 1:
-        raise ValueError(f"{graph_name}: expected one weight and one input Quant node for {lin_name}, found {len(wq)} and {len(aq)}")
-    wq, aq = wq[0], aq[0]
-    a_attr, a_bits = _quant_attrs(aq), mw.get_initializer(aq.input[3])
-    if a_bits is None or int(a_bits) != 8 or a_attr.get("signed") != 1:
-        raise ValueError(f"{graph_name}: node {aq.name!r}: the engine needs signed int8 inputs, got bit width {a_bits}, signed={a_attr.get('signed')}")
-    w, scale, zp, bits = (mw.get_initializer(i) for i in wq.input)
-    if w is None or scale is None or zp is None or bits is None:
-        raise ValueError(f"{graph_name}: node {wq.name!r}: weight, scale, zero point and bit width must be constants")
-    attr = _quant_attrs(wq)
-    if int(bits) != 2 or attr.get("signed") != 0 or attr.get("narrow") != 0:
-        raise ValueError(f"{graph_name}: node {wq.name!r}: the engine needs unsigned 2-bit weights, got {int(bits)}-bit signed={attr.get('signed')}")
-    n, k = dims.linear_shape(lin_name)
-    g = dims.group
-    if w.shape != (n, k // g, g) or scale.shape != (n, k // g, 1) or zp.shape != (n, k // g, 1):
-        raise ValueError(f"{graph_name}: node {wq.name!r}: weight/scale/zero point shapes {w.shape}/{scale.shape}/{zp.shape} "
-                         f"do not match a [{n}, {k}] linear with groups of {g}")
-    deq = quant(w, scale, zp, bits, signed=0, narrow=0, rounding_mode=attr.get("rounding_mode", "ROUND"))
-    codes = np.rint(deq / scale + zp).astype(np.int64).reshape(n, k)
-    zeros = torch.from_numpy(np.rint(zp).astype(np.int64).reshape(n, k // g))
-    lin = LinearInts(torch.from_numpy(codes), zeros, torch.from_numpy(scale.reshape(n, k // g).astype(np.float32)))
+
+def _linear_ints(file: str, lin: pat.Linear, dims: Dims) -> LinearInts:
+    out = LinearInts(torch.from_numpy(lin.codes), torch.from_numpy(lin.zeros), torch.from_numpy(lin.scales))
     if dims.sparse:
         try:
-            lin.vals, lin.pos = core.sparse_from_dense(lin.codes, zeros, g)
+            out.vals, out.pos = core.sparse_from_dense(out.codes, out.zeros, dims.group)
         except ValueError as e:
-            raise ValueError(f"{graph_name}: node {wq.name!r}: {e}") from None
-    return lin
-
-
-def _check_attention_quant(mw, graph_name: str) -> None:
-    want = {"q_quant": (8, 1), "p_quant": (8, 1), "k_quant": (4, 0), "v_quant": (4, 0)}
-    for key, (bits, signed) in want.items():
-        nodes = [n for n in mw.graph.node if n.op_type == "Quant" and f"/sdpa/{key}/" in n.name]
-        if len(nodes) != 1:
-            raise ValueError(f"{graph_name}: expected one {key} Quant node in the attention, found {len(nodes)}")
-        b = mw.get_initializer(nodes[0].input[3])
-        if b is None or int(b) != bits or _quant_attrs(nodes[0]).get("signed") != signed:
-            raise ValueError(f"{graph_name}: node {nodes[0].name!r}: the engine needs {'int' if signed else 'uint'}{bits}, "
-                             f"got bit width {b}, signed={_quant_attrs(nodes[0]).get('signed')}")
+            raise pat.GraphRefused(f"{file}: node {lin.weight_node!r} (Quant): {e}") from None
+    return out
 
 
 def weights_from_export(export_path, progress: bool = True) -> GoldenWeights:
     """Everything the engine needs, read back from the exported graphs (what the compiler compiles)."""
-    from safetensors.torch import load_file
-    from tqdm import tqdm
-
-    d, manifest = read_manifest(export_path)
-    dims = Dims(**manifest["dims"])
-    if len(manifest["layers"]) != dims.layers:
-        raise ValueError(f"{d}: manifest lists {len(manifest['layers'])} layer graphs for a {dims.layers}-layer model")
-    linears, norms = [], []
-    for i, name in enumerate(tqdm(manifest["layers"], desc="read graphs", disable=not progress)):
-        mw = _load_layer_graph(d / name)
-        _check_attention_quant(mw, name)
-        linears.append({lin: _linear_from_graph(mw, name, lin, dims) for lin in LINEARS})
-        pair = []
-        for key in ("input_layernorm", "post_attention_layernorm"):
-            t = mw.get_initializer(f"layer.{key}.weight")
-            if t is None or t.shape != (dims.hidden,):
-                raise ValueError(f"{name}: no [{dims.hidden}] initializer layer.{key}.weight (RMSNorm weight)")
-            pair.append(torch.from_numpy(t.astype(np.float32)))
-        norms.append(tuple(pair))
-    ex = load_file(str(d / manifest["extras"]))
-    return GoldenWeights(dims, ex["embed"].float(), norms, ex["final_norm"].float(), ex["inv_freq"].float(), linears)
+    return read_graphs(export_path, progress).weights
 
 
 def trace_offsets(dims: Dims) -> dict[str, int]:
@@ -157,8 +165,9 @@ def trace_offsets(dims: Dims) -> dict[str, int]:
     return out
 
 
-def build_program(w: GoldenWeights, lanes: int) -> tuple[list, blobfmt.BlobWriter]:
-    """Lay out the blob and emit the instruction stream for one token."""
+def build_program(w: GoldenWeights, lanes: int, order: list | None = None) -> tuple[list, blobfmt.BlobWriter]:
+    """Lay out the blob and emit the instruction stream for one token; ``order``: each layer's block kinds in the
+    order its graph computes them (default attention, then MLP)."""
     d = w.dims
     if d.sparse:
         core_stream_check = 2 * lanes
@@ -185,7 +194,7 @@ def build_program(w: GoldenWeights, lanes: int) -> tuple[list, blobfmt.BlobWrite
         offs = {}
         for name in LINEARS:
             lin = w.linears[i][name]
-            offs[name] = (bw.add(f"layers.{i}.{name}.beats", blobfmt.pack_linear_beats(lin, d.group, lanes, d.sparse)),
+            offs[name] = (bw.add(f"layers.{i}.{name}.stream", blobfmt.pack_linear_stream(lin, d.group, lanes, d.sparse)),
                           bw.add(f"layers.{i}.{name}.scales", lin.scales.numpy().astype(np.float32)))
         n_in = bw.add(f"layers.{i}.input_norm", w.norms[i][0].numpy().astype(np.float32))
         n_post = bw.add(f"layers.{i}.post_norm", w.norms[i][1].numpy().astype(np.float32))
@@ -196,18 +205,24 @@ def build_program(w: GoldenWeights, lanes: int) -> tuple[list, blobfmt.BlobWrite
             return P.linear(mode, i, src, dst, offs[name][0], offs[name][1], n, k,
                             tr[act] if act else P.NONE, tr[acc_field[name]])
 
-        ins.append(P.Instr(P.OP_RMSNORM, 0, i, (P.BUF_X, P.BUF_H, n_in, d.hidden)))
-        ins += [lin_ins("q_proj"), lin_ins("k_proj"), lin_ins("v_proj")]
-        ins.append(P.Instr(P.OP_ATTENTION, 0, i, (P.BUF_Q, P.BUF_K, P.BUF_V, P.BUF_O, tr["k_code"], freq_off)))
-        ins.append(lin_ins("o_proj"))
-        ins.append(P.Instr(P.OP_ADD, 0, i, (P.BUF_X, P.BUF_Y, d.hidden)))
-        ins.append(P.Instr(P.OP_RMSNORM, 0, i, (P.BUF_X, P.BUF_H, n_post, d.hidden)))
-        ins += [lin_ins("gate_proj"), lin_ins("up_proj")]
-        ins.append(P.Instr(P.OP_SILU_MUL, 0, i, (P.BUF_G, P.BUF_U, d.intermediate)))
-        ins.append(lin_ins("down_proj"))
-        ins.append(P.Instr(P.OP_ADD, 0, i, (P.BUF_X, P.BUF_Y, d.hidden)))
+        for kind in (order[i] if order else BLOCK_ORDER):
+            if kind == "attention":
+                ins.append(P.Instr(P.OP_RMSNORM, 0, i, (P.BUF_X, P.BUF_H, n_in, d.hidden)))
+                ins += [lin_ins("q_proj"), lin_ins("k_proj"), lin_ins("v_proj")]
+                ins.append(P.Instr(P.OP_ATTENTION, 0, i, (P.BUF_Q, P.BUF_K, P.BUF_V, P.BUF_O, tr["k_code"], freq_off)))
+                ins.append(lin_ins("o_proj"))
+            else:
+                ins.append(P.Instr(P.OP_RMSNORM, 0, i, (P.BUF_X, P.BUF_H, n_post, d.hidden)))
+                ins += [lin_ins("gate_proj"), lin_ins("up_proj")]
+                ins.append(P.Instr(P.OP_SILU_MUL, 0, i, (P.BUF_G, P.BUF_U, d.intermediate)))
+                ins.append(lin_ins("down_proj"))
+            ins.append(P.Instr(P.OP_ADD, 0, i, (P.BUF_X, P.BUF_Y, d.hidden)))
+    head = getattr(w, "lm_head", None)
+    head_off = embed_off if head is None or torch.equal(head, w.embed) else bw.add("lm_head", head.half().numpy())
+    if head is not None and not torch.equal(head.half().float(), head):
+        raise ValueError("LM head is not fp16-representable; the engine stores it as fp16")
     ins.append(P.Instr(P.OP_RMSNORM, 0, 0, (P.BUF_X, P.BUF_H, final_off, d.hidden)))
-    ins.append(P.Instr(P.OP_LMHEAD, 0, 0, (P.BUF_H, embed_off)))
+    ins.append(P.Instr(P.OP_LMHEAD, 0, 0, (P.BUF_H, head_off)))
     ins.append(P.Instr(P.OP_END))
     return ins, bw
 
@@ -215,6 +230,8 @@ def build_program(w: GoldenWeights, lanes: int) -> tuple[list, blobfmt.BlobWrite
 def compile_export(export_path, out_dir, target: str = "kv260", lanes: int = DEFAULT_LANES,
                    progress: bool = True) -> CompileResult:
     from accllm.hls import project
+    from accllm.hls.engine_image import write_engine_image
+    from accllm.quant.integrity import write_manifest
 
     from accllm.sim.boards import get_board
 
@@ -222,8 +239,9 @@ def compile_export(export_path, out_dir, target: str = "kv260", lanes: int = DEF
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    w = weights_from_export(export_path, progress)
-    instrs, bw = build_program(w, lanes)
+    g = read_graphs(export_path, progress)
+    w = g.weights
+    instrs, bw = build_program(w, lanes, g.order)
     engine = {"lanes": lanes, "target": target, "part": board.part, "clock_ns": round(1000.0 / board.clock_mhz, 3)}
     meta = {"dims": w.dims.to_json(), "engine": engine, "kv_bytes": w.dims.kv_layout().nbytes}
     blob_path = out_dir / "weights.blob"
@@ -231,23 +249,46 @@ def compile_export(export_path, out_dir, target: str = "kv260", lanes: int = DEF
     prog_path = out_dir / "program.bin"
     prog.write_program(prog_path, instrs, dict(meta, blob_sha256=sha, trace=trace_offsets(w.dims)))
     hls_dir = project.write_project(out_dir / "hls", w.dims, engine, trace_offsets(w.dims))
+    write_engine_image(out_dir, w, board, lanes)  # the engine's memory image (weight stream) + blob_map.json
+    write_manifest(out_dir)  # what the backends load is checked against it (accllm.hls.csim.COMPILED_FILES)
     return CompileResult(out_dir, prog_path, blob_path, hls_dir, len(instrs), bw.size, time.perf_counter() - t0)
 
 
+# The compressed checkpoint travels export -> compile under this name, so that a build from the single-purpose
+# commands carries its tokenizer and golden weights (`accllm run BUILD`).
+CHECKPOINT_COPY = "checkpoint"
+
+
+def _copy_checkpoint(src: Path, out: Path) -> Path | None:
+    import shutil
+
+    from accllm.quant.checkpoint import verify_checkpoint
+
+    if not (Path(src) / "compression.json").is_file():
+        return None
+    verify_checkpoint(src)
+    shutil.copytree(src, out / CHECKPOINT_COPY, dirs_exist_ok=True)
+    return out / CHECKPOINT_COPY
+
+
 def compile_command(a) -> int:
+    from accllm.hls.export import read_manifest
+    from accllm.quant.integrity import write_manifest
+
     r = compile_export(a.model, a.out, a.target, a.lanes)
+    ckpt = _copy_checkpoint(read_manifest(a.model)[0] / CHECKPOINT_COPY, r.out_dir)
+    write_manifest(r.out_dir)
     print(f"wrote {r.program} ({r.instructions} instructions), {r.blob} ({r.blob_bytes} payload bytes), "
-          f"HLS project {r.hls_dir} in {r.seconds:.1f} s")
+          f"HLS project {r.hls_dir}{f', checkpoint {ckpt}' if ckpt else ''} in {r.seconds:.1f} s")
     return 0
 
 
 def export_command(a) -> int:
-    from accllm.hls.export import export_model
-    from accllm.quant.checkpoint import load_compressed
+    from accllm.hls.export import export_checkpoint
 
-    model, _, _ = load_compressed(a.checkpoint)
-    out = export_model(model, a.out, tokens=a.tokens)
-    print(f"wrote {out} (QONNX graph per decoder layer, model.json, extras.safetensors)")
+    out, _ = export_checkpoint(a.checkpoint, a.out, tokens=a.tokens)
+    _copy_checkpoint(Path(a.checkpoint), out)
+    print(f"wrote {out} (QONNX graphs: embed.onnx, one per decoder layer, lm_head.onnx; model.json, {CHECKPOINT_COPY}/)")
     return 0
 
 

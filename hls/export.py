@@ -1,4 +1,4 @@
-"""Export the compressed model to QONNX through Brevitas' exporter, one decoder layer per graph.
+"""Export the compressed model to QONNX through Brevitas' exporter: the whole model the engine runs, as graphs.
 
 Brevitas 0.13's QONNX manager has no handler for the two proxies the engine's quantisers use:
 group-wise weights (its weight handler asserts per-tensor/per-channel shapes) and dynamic per-row
@@ -10,13 +10,17 @@ activations (int8 linear inputs, Q and P; 4-bit K and V). :class:`AccllmQONNXMan
 - dynamic activation: Brevitas' own scale / zero-point computation (traced: Abs, ReduceMax, Clip, Div,
   ...) feeding the ``scale`` and ``zeropt`` inputs of a ``Quant`` node.
 
-The whole LLM is not exported as one graph: the Λ KV cache is state held across calls, which ONNX does
-not model. Each decoder layer is exported in its prefill form (no cache) with inputs
-``hidden [1, T, H]``, ``cos``/``sin [1, T, D]`` and the Λ visibility ``mask [T, T]`` (bool), for
-``T <= sinks + window`` (so the "cache" position rule that re-rotates queries for sink keys never fires
-inside the graph; the compiler takes that rule from the graph metadata). Model-level tensors
-(embedding, final norm) and settings travel as metadata and a side ``model.json``/``extras.safetensors``
-beside the layer graphs.
+The Λ KV cache is state held across calls, which ONNX does not model, so the model is a chain of graphs:
+
+- ``embed.onnx``: ``(ids [1, T], position_ids [1, T]) -> (hidden [1, T, H], cos, sin [1, T, D])`` (embedding
+  lookup and the RoPE tables from the inverse frequencies);
+- ``layerNN.onnx``: one decoder layer in its prefill form (no cache), ``(hidden, cos, sin, position_ids) ->
+  out``, for ``T <= sinks + window`` (so the "cache" position rule that re-rotates queries for sink keys never
+  fires inside the graph: the graph's metadata ``accllm_positions`` states it);
+- ``lm_head.onnx``: ``hidden -> logits`` (final RMSNorm and the LM head, its own tensor even when tied).
+
+``model.json`` lists the files in order; everything the compiler builds comes from the graphs
+(:mod:`accllm.hls.onnx_patterns`).
 """
 from __future__ import annotations
 
@@ -27,9 +31,9 @@ import torch
 from torch import nn
 
 LAYER_FILE = "layer{:02d}.onnx"
+EMBED_FILE, HEAD_FILE = "embed.onnx", "lm_head.onnx"
 MANIFEST = "model.json"
-EXTRAS = "extras.safetensors"
-EXPORT_FORMAT = "accllm-onnx-v1"
+EXPORT_FORMAT = "accllm-onnx-v2"
 
 
 def _manager():
@@ -94,6 +98,31 @@ class DecoderLayerGraph(nn.Module):
         return out[0] if isinstance(out, tuple) else out
 
 
+class EmbedGraph(nn.Module):
+    """``(ids [1, T], position_ids [1, T]) -> (hidden, cos, sin)``: embedding lookup and RoPE tables."""
+
+    def __init__(self, embed, inv_freq):
+        super().__init__()
+        self.embed = embed
+        self.register_buffer("inv_freq", inv_freq.float().clone())
+
+    def forward(self, ids, position_ids):
+        f = position_ids.float().unsqueeze(-1) * self.inv_freq
+        emb = torch.cat([f, f], dim=-1)
+        return self.embed(ids), emb.cos(), emb.sin()
+
+
+class HeadGraph(nn.Module):
+    """``hidden -> logits``: final RMSNorm and the LM head."""
+
+    def __init__(self, norm, lm_head):
+        super().__init__()
+        self.norm, self.lm_head = norm, lm_head
+
+    def forward(self, hidden):
+        return self.lm_head(self.norm(hidden))
+
+
 def layer_inputs(model, tokens: int, seed: int = 0):
     """Example inputs for one decoder layer graph: the embedding of random tokens and their RoPE tables."""
     g = torch.Generator().manual_seed(seed)
@@ -104,40 +133,61 @@ def layer_inputs(model, tokens: int, seed: int = 0):
     return hidden, cos, sin, pos
 
 
-def export_model(model, out_dir, tokens: int = 16, progress: bool = True) -> Path:
-    """Write ``layerNN.onnx`` (QONNX, one per decoder layer), ``extras.safetensors`` (embedding, final norm,
-    RoPE inverse frequencies) and ``model.json`` (dimensions, compression settings, file list) to ``out_dir``."""
-    from safetensors.torch import save_file
+def export_model(model, out_dir, tokens: int = 16, progress: bool = True, layers=None) -> Path:
+    """Write ``embed.onnx``, ``layerNN.onnx`` (QONNX, one per decoder layer), ``lm_head.onnx`` and ``model.json``
+    (the file list) to ``out_dir``. ``layers``: the decoder layers in order, when ``model`` does not hold them
+    (an iterable that loads one at a time: ``accllm.quant.checkpoint.iter_compressed_layers``)."""
     from tqdm import tqdm
 
-    from accllm.sim.golden import dims_from, rope_inv_freq
+    from accllm.sim.golden import rope_inv_freq
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     s = model.accllm_settings
-    dims = dims_from(model.config, s)
-    if tokens > dims.slots:
-        raise ValueError(f"export length {tokens} exceeds sinks + window = {dims.slots}")
+    if s.lambda_attention and tokens > s.sinks + s.window:
+        raise ValueError(f"export length {tokens} exceeds sinks + window = {s.sinks + s.window}")
     manager = _manager()
     _register_inplace_and()
     args = layer_inputs(model, tokens)
     files = []
     model.eval()
-    for i, layer in enumerate(tqdm(model.model.layers, desc="export", disable=not progress)):
-        path = out_dir / LAYER_FILE.format(i)
-        with torch.no_grad():
+    props = {"accllm_positions": s.positions}
+    with torch.no_grad():
+        embed = EmbedGraph(model.model.embed_tokens, rope_inv_freq(model.config))
+        torch.onnx.export(embed, (torch.zeros(1, tokens, dtype=torch.long), args[3]), str(out_dir / EMBED_FILE),
+                          input_names=["ids", "position_ids"], output_names=["hidden", "cos", "sin"], dynamo=False)
+        _annotate(out_dir / EMBED_FILE, props)
+        layers = model.model.layers if layers is None else layers
+        for i, layer in enumerate(tqdm(layers, desc="export", disable=not progress)):
+            path = out_dir / LAYER_FILE.format(i)
             manager.export(DecoderLayerGraph(layer), args=args, export_path=str(path), dynamo=False,
                            input_names=["hidden", "cos", "sin", "position_ids"], output_names=["out"])
-        _annotate(path, {"accllm_layer": str(i), "accllm_dims": json.dumps(dims.to_json())})
-        files.append(path.name)
-    extras = {"embed": model.model.embed_tokens.weight.detach().float().cpu().contiguous(),
-              "final_norm": model.model.norm.weight.detach().float().cpu().contiguous(),
-              "inv_freq": rope_inv_freq(model.config)}
-    save_file(extras, str(out_dir / EXTRAS))
-    manifest = {"format": EXPORT_FORMAT, "dims": dims.to_json(), "settings": s.to_json(), "layers": files,
-                "extras": EXTRAS, "export_tokens": tokens}
+            _annotate(path, dict(props, accllm_layer=str(i)))
+            files.append(path.name)
+        torch.onnx.export(HeadGraph(model.model.norm, model.lm_head), (args[0],), str(out_dir / HEAD_FILE),
+                          input_names=["hidden"], output_names=["logits"], dynamo=False)
+        _annotate(out_dir / HEAD_FILE, props)
+    manifest = {"format": EXPORT_FORMAT, "embed": EMBED_FILE, "layers": files, "lm_head": HEAD_FILE,
+                "export_tokens": tokens}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return out_dir
+
+
+def export_checkpoint(checkpoint, out_dir, tokens: int = 16, progress: bool = True) -> tuple[Path, int]:
+    """:func:`export_model` of a compressed checkpoint, its decoder layers loaded one at a time (peak memory: the
+    embedding, the head and one layer): ``(out_dir, number of layers)``."""
+    from accllm.quant.checkpoint import iter_compressed_layers, load_compressed
+
+    model, _, _ = load_compressed(checkpoint, layers=[])
+    n = 0
+
+    def counted():
+        nonlocal n
+        for layer in iter_compressed_layers(checkpoint):
+            n += 1
+            yield layer
+
+    return export_model(model, out_dir, tokens, progress, layers=counted()), n
 
 
 def _register_inplace_and() -> None:
@@ -159,7 +209,8 @@ def _annotate(path: Path, props: dict) -> None:
 
 
 def read_manifest(path) -> tuple[Path, dict]:
-    """``(export directory, manifest)`` from an export directory, its ``model.json`` or one of its ``.onnx``."""
+    """``(export directory, manifest)`` from an export directory, its ``model.json`` or one of its ``.onnx``.
+    The manifest only orders the graphs; what they compute is in the graphs."""
     p = Path(path)
     d = p if p.is_dir() else p.parent
     mf = d / MANIFEST
@@ -186,3 +237,26 @@ def onnx_vs_torch(onnx_dir, model, layer: int, tokens: int = 16, seed: int = 1) 
     out = execute_onnx(mw, {n: a.numpy() for n, a in zip(["hidden", "cos", "sin", "position_ids"], args)})
     out = out[mw.graph.output[0].name]
     return float(np.abs(out - ref).max()), float(np.abs(ref).max())
+
+
+def run_chain(onnx_dir, ids):
+    """Logits ``[T, V]`` of the exported chain (embed -> layers -> lm_head) run by the qonnx executor on ``ids``
+    (as many as the graphs' length T) at positions 0..T-1: the reference the compiled engine is checked against."""
+    import numpy as np
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    d, manifest = read_manifest(onnx_dir)
+
+    def run(name, inputs):
+        mw = ModelWrapper(str(d / name)).transform(InferShapes())
+        return execute_onnx(mw, inputs)
+
+    ids = np.asarray(ids, np.int64)[None]
+    pos = np.arange(ids.shape[1], dtype=np.int64)[None]
+    e = run(manifest["embed"], {"ids": ids, "position_ids": pos})
+    x = e["hidden"]
+    for name in manifest["layers"]:
+        x = next(iter(run(name, {"hidden": x, "cos": e["cos"], "sin": e["sin"], "position_ids": pos}).values()))
+    return run(manifest["lm_head"], {"hidden": x})["logits"][0]

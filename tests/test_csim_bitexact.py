@@ -1,10 +1,10 @@
-import json
 import shutil
 
 import numpy as np
 import pytest
 
 from flow_fixtures import PROMPTS, flow_paths, one_thread
+from onnx_edits import copy_export, set_lambda
 
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
@@ -43,11 +43,8 @@ def test_csim_bit_exact_through_ring_wrap_and_sink_rotation(flow, tmp_path):
     from accllm.sim.golden import GoldenModel
 
     _, onnx_dir, _ = flow
-    small = tmp_path / "onnx"
-    shutil.copytree(onnx_dir, small)
-    m = json.loads((small / "model.json").read_text())
-    m["dims"].update(sinks=2, window=6)
-    (small / "model.json").write_text(json.dumps(m))
+    small = copy_export(onnx_dir, tmp_path / "onnx")
+    set_lambda(small, 2, 6)  # the Λ mask's constants in every layer graph
     compile_export(small, tmp_path / "build", progress=False)
     g = GoldenModel(weights_from_export(small, progress=False))
     mism, total, _ = _compare(g, CSim(tmp_path / "build"), list(range(3, 23)))
