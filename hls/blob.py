@@ -8,68 +8,80 @@ of 64-byte-aligned sections listed in the metadata (``sections: {name: {offset, 
     inv_freq                       float32 [D/2]           RoPE inverse frequencies
     layers.{i}.input_norm          float32 [H]
     layers.{i}.post_norm           float32 [H]
-    layers.{i}.{linear}.beats      uint8 [B, LANES]        the core's B-stream beats (accllm.sim.core_stream):
-                                                           row by row, DENSE (K/L beats per row: 2-bit codes
-                                                           + group zero point) or SPARSE (K/2L beats: kept
-                                                           2-bit codes, 2-bit positions, zero point)
-    layers.{i}.{linear}.scales     float32 [N, K/G]        group scales (dequantisation unit)
+    layers.{i}.{linear}.stream     uint8 [bytes]           the linear in the weight stream (accllm.sim.weight_stream,
+                                                           KERNEL_STREAM: one core, so one record per row and
+                                                           group in row order): DENSE or 2:4 SPARSE records of
+                                                           2-bit codes, zero point, fp16 scale
+    layers.{i}.{linear}.scales     float32 [N, K/G]        group scales as the quantiser made them (the kernel's
+                                                           dequantisation reads these; the stream's are fp16)
 """
 from __future__ import annotations
+
+import hashlib
+import tempfile
 
 import numpy as np
 
 from accllm.hls import container
-from accllm.sim.core_stream import beats_to_bytes, group_beats, pack_b
-from accllm.sim.golden_core import MODE_DENSE, MODE_SPARSE
 
 MAGIC = b"ACLBLOB\0"
 VERSION = 1
 ALIGN = 64
 
 
-def pack_linear_beats(lin, group: int, lanes: int, sparse: bool) -> np.ndarray:
-    """B beats [beats, lanes] of one linear (``accllm.sim.golden.LinearInts``), in the core's stream format."""
-    if sparse:
-        gb = group_beats(MODE_SPARSE, group, lanes)
-        n = lin.vals.shape[0]
-        z = np.repeat(lin.zeros.numpy(), gb, axis=1).reshape(-1)
-        words = pack_b(MODE_SPARSE, lanes, lin.vals.numpy().reshape(-1, lanes), z, lin.pos.numpy().reshape(-1, lanes))
-    else:
-        gb = group_beats(MODE_DENSE, group, lanes)
-        n = lin.codes.shape[0]
-        z = np.repeat(lin.zeros.numpy(), gb, axis=1).reshape(-1)
-        words = pack_b(MODE_DENSE, lanes, lin.codes.numpy().reshape(-1, lanes), z)
-    out = np.frombuffer(beats_to_bytes(words, 8 * lanes), np.uint8).reshape(-1, lanes)
-    assert out.shape[0] % n == 0
-    return out
+def kernel_stream_format(group: int, lanes: int):
+    """The weight-stream parameters of the blob's linears: the C-simulated kernel feeds one core."""
+    from accllm.sim.weight_stream import StreamFormat
+
+    return StreamFormat(wbits=2, group=group, lanes=lanes, cores=1, channel_bits=128)
+
+
+def pack_linear_stream(lin, group: int, lanes: int, sparse: bool) -> np.ndarray:
+    """One linear (``accllm.sim.golden.LinearInts``) in the weight stream, scales rounded to fp16."""
+    from accllm.sim.weight_stream import pack_linear
+
+    return np.frombuffer(pack_linear(lin, kernel_stream_format(group, lanes), sparse, round_scales=True), np.uint8)
 
 
 class BlobWriter:
+    """Sections go to a temporary spool file as they are added, so memory holds one section at a time however
+    large the model; ``write`` puts the container header in front of them."""
+
     def __init__(self):
-        self.parts: list[bytes] = []
+        self._spool = tempfile.TemporaryFile()
+        self._sha = hashlib.sha256()
         self.size = 0
         self.sections: dict[str, dict] = {}
+
+    def _put(self, data) -> None:
+        self._spool.write(data)
+        self._sha.update(data)
 
     def add(self, name: str, array) -> int:
         a = np.ascontiguousarray(array)
         if name in self.sections:
             raise ValueError(f"duplicate blob section {name}")
         pad = -self.size % ALIGN
-        self.parts.append(b"\0" * pad)
+        self._put(b"\0" * pad)
         self.size += pad
         self.sections[name] = {"offset": self.size, "nbytes": a.nbytes, "dtype": str(a.dtype), "shape": list(a.shape)}
-        self.parts.append(a.tobytes())
+        self._put(a.reshape(-1).view(np.uint8))
         self.size += a.nbytes
         return self.sections[name]["offset"]
 
     def payload(self) -> bytes:
-        return b"".join(self.parts)
+        self._spool.seek(0)
+        data = self._spool.read()
+        self._spool.seek(0, 2)
+        return data
 
-    def write(self, path, meta: dict):
-        payload = self.payload()
-        meta = dict(meta, sections=self.sections)
-        container.write(path, MAGIC, VERSION, meta, payload)
-        return container.sha256(payload)
+    def write(self, path, meta: dict) -> str:
+        """Write the blob file; returns the payload's sha256 (hex)."""
+        self._spool.flush()
+        container.write_from_file(path, MAGIC, VERSION, dict(meta, sections=self.sections), self.size,
+                                  self._sha.digest(), self._spool)
+        self._spool.seek(0, 2)
+        return self._sha.hexdigest()
 
 
 def read_blob(path) -> tuple[dict, bytes]:

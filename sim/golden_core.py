@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import torch
 
-MODE_DENSE, MODE_SPARSE, MODE_QK, MODE_PV = 0, 1, 2, 3
-MODE_NAMES = {MODE_DENSE: "dense", MODE_SPARSE: "sparse", MODE_QK: "qk", MODE_PV: "pv"}
+from . import weight_stream as ws
+from .weight_stream import (KV4_MAX, MODE_DENSE, MODE_NAMES, MODE_PV, MODE_QK, MODE_SPARSE,  # noqa: F401
+                            WEIGHT_BITS, wmax)
+
 ACC_BITS = 32
 MAX_REDUCTION = 1 << 16  # contract: no 32-bit overflow is possible up to this reduction length
-W2_MAX, KV4_MAX = 3, 15
+W2_MAX = wmax(2)
 
 
 def _ints(x, name: str, lo: int, hi: int) -> torch.Tensor:
@@ -49,11 +51,11 @@ def _check_group(k: int, group: int, multiple: int = 1) -> None:
         raise ValueError(f"reduction length {k} is not a multiple of the group size {group}")
 
 
-def dense_w2a8(a, codes, zeros, group: int) -> torch.Tensor:
-    """W2A8 dense: ``a`` [..., K] int8, ``codes`` [N, K] uint2, ``zeros`` [N, K//group] uint2 -> [..., N, K//group]."""
+def dense_w2a8(a, codes, zeros, group: int, wbits: int = 2) -> torch.Tensor:
+    """W2A8 (or W4A8) dense: ``a`` [..., K] int8, ``codes`` [N, K] uint``wbits``, ``zeros`` [N, K//group] -> [..., N, K//group]."""
     a = _ints(a, "activations a", -128, 127)
-    codes = _ints(codes, "weight codes", 0, W2_MAX)
-    zeros = _ints(zeros, "weight zero points", 0, W2_MAX)
+    codes = _ints(codes, "weight codes", 0, wmax(wbits))
+    zeros = _ints(zeros, "weight zero points", 0, wmax(wbits))
     if codes.dim() != 2:
         raise ValueError(f"weight codes must be [N, K], got shape {tuple(codes.shape)}")
     n, k = codes.shape
@@ -62,22 +64,22 @@ def dense_w2a8(a, codes, zeros, group: int) -> torch.Tensor:
         raise ValueError(f"activations must be [..., {k}] to match codes [N, {k}], got shape {tuple(a.shape)}")
     if tuple(zeros.shape) != (n, k // group):
         raise ValueError(f"zero points must be [{n}, {k // group}] (one per row and group of {group}), got {tuple(zeros.shape)}")
-    w = codes - zeros.repeat_interleave(group, dim=1)  # [N, K] in [-3, 3]
+    w = codes - zeros.repeat_interleave(group, dim=1)  # [N, K] in [-3, 3] (W2) or [-15, 15] (W4)
     prod = a.unsqueeze(-2) * w  # [..., N, K]
     acc = prod.reshape(*prod.shape[:-1], k // group, group).sum(-1)
     return _check_acc(acc, group)
 
 
-def decode_2to4(vals, pos, zeros, group: int) -> torch.Tensor:
+def decode_2to4(vals, pos, zeros, group: int, wbits: int = 2) -> torch.Tensor:
     """2:4 index decoding: kept codes ``vals`` [N, K/2] at ``pos`` [N, K/2] -> dense codes [N, K].
 
     In block j of four inputs, kept pair (vals[2j], pos[2j]), (vals[2j+1], pos[2j+1]) with pos[2j] < pos[2j+1]
     means w[4j + pos[2j]] = vals[2j] and w[4j + pos[2j+1]] = vals[2j+1]; the other two weights are pruned,
     i.e. their code equals the group's zero point so they contribute exactly 0.
     """
-    vals = _ints(vals, "kept codes", 0, W2_MAX)
+    vals = _ints(vals, "kept codes", 0, wmax(wbits))
     pos = _ints(pos, "2:4 positions", 0, 3)
-    zeros = _ints(zeros, "weight zero points", 0, W2_MAX)
+    zeros = _ints(zeros, "weight zero points", 0, wmax(wbits))
     if vals.dim() != 2 or vals.shape != pos.shape or vals.shape[1] % 2:
         raise ValueError(f"kept codes and positions must both be [N, K/2] with K/2 even, got {tuple(vals.shape)} and {tuple(pos.shape)}")
     n, half = vals.shape
@@ -93,20 +95,20 @@ def decode_2to4(vals, pos, zeros, group: int) -> torch.Tensor:
     return dense
 
 
-def sparse_w2a8(a, vals, pos, zeros, group: int) -> torch.Tensor:
-    """W2A8 2:4 sparse: ``a`` [..., K] int8, ``vals``/``pos`` [N, K/2], ``zeros`` [N, K//group] -> [..., N, K//group]."""
-    return dense_w2a8(a, decode_2to4(vals, pos, zeros, group), zeros, group)
+def sparse_w2a8(a, vals, pos, zeros, group: int, wbits: int = 2) -> torch.Tensor:
+    """W2A8 (or W4A8) 2:4 sparse: ``a`` [..., K] int8, ``vals``/``pos`` [N, K/2], ``zeros`` [N, K//group] -> [..., N, K//group]."""
+    return dense_w2a8(a, decode_2to4(vals, pos, zeros, group, wbits), zeros, group, wbits)
 
 
-def sparse_from_dense(codes, zeros, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+def sparse_from_dense(codes, zeros, group: int, wbits: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Compress a 2:4-pruned dense code matrix [N, K] to (kept codes [N, K/2], positions [N, K/2]).
 
     A weight is zero when its code equals its group's zero point. Blocks with fewer than two non-zero weights
     keep zero-valued slots (code == zero point) at the lowest free positions, so the result always decodes
     back to ``codes``. A block with more than two non-zero weights is an error.
     """
-    codes = _ints(codes, "weight codes", 0, W2_MAX)
-    zeros = _ints(zeros, "weight zero points", 0, W2_MAX)
+    codes = _ints(codes, "weight codes", 0, wmax(wbits))
+    zeros = _ints(zeros, "weight zero points", 0, wmax(wbits))
     if codes.dim() != 2:
         raise ValueError(f"weight codes must be [N, K], got shape {tuple(codes.shape)}")
     n, k = codes.shape
@@ -156,3 +158,17 @@ def pv_a8kv4(p, v, vz) -> torch.Tensor:
         raise ValueError(f"value zero points must be [{t}] (one per token), got {tuple(vz.shape)}")
     acc = (p.unsqueeze(-1) * (v - vz.unsqueeze(1))).sum(-2)
     return _check_acc(acc, t)
+
+
+def stream_acc(data, mode: int, fmt, rows: int, k: int, a) -> torch.Tensor:
+    """The core on one section of the weight stream (:mod:`accllm.sim.weight_stream`), decoded from its words:
+    accumulators [rows, outputs per row]. ``a`` is the activation vector [K] (DENSE/SPARSE), the query [D] (QK)
+    or the probabilities [T] (PV); ``fmt`` is the section's ``StreamFormat``."""
+    f = ws.unpack(data, mode, fmt, rows, k)
+    if mode == MODE_DENSE:
+        return dense_w2a8(a, f["codes"], f["zeros"], fmt.group, fmt.wbits)
+    if mode == MODE_SPARSE:
+        return sparse_w2a8(a, f["vals"], f["pos"], f["zeros"], fmt.group, fmt.wbits)
+    if mode == MODE_QK:
+        return qk_a8kv4(a, f["k"], f["kz"]).reshape(rows, 1)
+    return pv_a8kv4(a, f["v"], f["vz"]).reshape(rows, 1)

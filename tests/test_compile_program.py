@@ -26,18 +26,17 @@ def test_program_and_blob_round_trip(flow):
     d = meta["dims"]
     assert sum(i.op == program.OP_LINEAR for i in instrs) == 7 * d["layers"]
     assert sum(i.op == program.OP_ATTENTION for i in instrs) == d["layers"]
-    # A linear's beats decode back (through the core's stream format) to the codes read from the graph.
-    from accllm.sim.core_stream import unpack_b
-    from accllm.sim.golden_core import MODE_SPARSE, decode_2to4
+    # A linear's weight stream decodes back (accllm.sim.weight_stream) to the codes read from the graph.
+    from accllm.sim import weight_stream as ws
+    from accllm.sim.golden_core import decode_2to4
 
     w = weights_from_export(onnx_dir, progress=False)
     lin = w.linears[2]["down_proj"]
-    beats = blob.section(bmeta, payload, "layers.2.down_proj.beats")
-    f = unpack_b(MODE_SPARSE, meta["engine"]["lanes"], [int.from_bytes(b.tobytes(), "little") for b in beats])
-    n = lin.codes.shape[0]
-    vals, pos = f["codes"].reshape(n, -1), f["pos"].reshape(n, -1)
-    zeros = f["zeros"].reshape(n, -1)[:, :: w.dims.group // (2 * meta["engine"]["lanes"])]
-    assert np.array_equal(decode_2to4(vals, pos, zeros, w.dims.group).numpy(), lin.codes.numpy())
+    data = blob.section(bmeta, payload, "layers.2.down_proj.stream").tobytes()
+    n, k = lin.codes.shape
+    f = ws.unpack(data, ws.MODE_SPARSE, blob.kernel_stream_format(w.dims.group, meta["engine"]["lanes"]), n, k)
+    assert np.array_equal(decode_2to4(f["vals"], f["pos"], f["zeros"], w.dims.group).numpy(), lin.codes.numpy())
+    assert np.allclose(f["scales"], lin.scales.numpy(), rtol=1e-3)
 
 
 def test_corrupt_or_mismatched_files_are_refused(flow, tmp_path):

@@ -123,23 +123,54 @@ template <class CFG> void check_core_build() {
     static_assert(CFG::group == ACCLLM_GROUP, "parameters.h: group differs from the blackbox build (ACCLLM_GROUP)");
 }
 
-// W2 linear: A = the activation chunk (L inputs dense, 2L sparse) re-sent for every row, B = the blob's beats.
-template <class CFG> void feed_linear(const typename CFG::act_t *a, const uint8_t *beats, unsigned n, unsigned k,
+// The weight stream (accllm.sim.weight_stream, one core: record (row, g) at bit (row * K/G + g) * R, fields LSB
+// first): DENSE  [scale fp16 | zero 2b | G codes 2b];  SPARSE  [scale fp16 | zero 2b | G/2 kept codes 2b | G/4
+// pattern indices 3b]. The kernel's core takes W2 B beats (accllm.sim.core_stream); the scales it uses are the
+// blob's float32 ones.
+static const uint8_t WS_PATTERNS[6][2] = {{0, 1}, {0, 2}, {0, 3}, {1, 2}, {1, 3}, {2, 3}};
+
+inline unsigned ws_field(const uint8_t *p, size_t bit, unsigned width) {  // width <= 24
+    const size_t byte = bit >> 3;
+    const unsigned shift = bit & 7;
+    uint32_t v = 0;
+    for (unsigned i = 0; 8 * i < shift + width; i++) v |= (uint32_t)p[byte + i] << (8 * i);
+    return (v >> shift) & ((1u << width) - 1);
+}
+
+// W2 linear: A = the activation chunk (L inputs dense, 2L sparse) re-sent for every row, B = beats unpacked from
+// the linear's weight-stream records.
+template <class CFG> void feed_linear(const typename CFG::act_t *a, const uint8_t *stream, unsigned n, unsigned k,
                                      unsigned mode, hls::stream<accllm_a_t> &as, hls::stream<accllm_b_t> &bs) {
-    const unsigned L = CFG::lanes;
-    const unsigned per_beat = mode == MODE_SPARSE ? 2 * L : L;
-    const unsigned row_beats = k / per_beat;
+    const unsigned L = CFG::lanes, G = CFG::group, WB = 2, HEAD = 16 + WB;
+    const bool sparse = mode == MODE_SPARSE;
+    const unsigned per_beat = sparse ? 2 * L : L;
+    const unsigned row_beats = k / per_beat, group_beats = G / per_beat, groups = k / G;
+    const size_t rec_bits = sparse ? HEAD + G * WB / 2 + 3 * G / 4 : HEAD + G * WB;
     accllm_a_t a_words[CFG::max_vec / CFG::lanes];  // the row's A beats, packed once and re-sent for every row
-    uint8_t ab[2 * CFG::lanes];
+    uint8_t ab[2 * CFG::lanes], bb[CFG::lanes];
     for (unsigned c = 0; c < row_beats; c++) {
         for (unsigned i = 0; i < per_beat; i++) ab[i] = (uint8_t)a[c * per_beat + i].range(7, 0).to_uint();
         accllm_set_bytes(a_words[c], ab, per_beat);
     }
     for (unsigned row = 0; row < n; row++) {
-        for (unsigned c = 0; c < row_beats; c++) {
+        for (unsigned g = 0; g < groups; g++) {
+            const size_t base = ((size_t)row * groups + g) * rec_bits;
+            const unsigned zero = ws_field(stream, base + 16, WB);
+            for (unsigned c = 0; c < group_beats; c++) {
 #pragma HLS PIPELINE II = 1
-            as.write(a_words[c]);
-            bs.write(accllm_b_beat(beats + ((size_t)row * row_beats + c) * L, c == row_beats - 1));
+                for (unsigned j = 0; j < L; j++) bb[j] = 0;
+                for (unsigned l = 0; l < L; l++) {
+                    const unsigned code = ws_field(stream, base + HEAD + (size_t)(c * L + l) * WB, WB);
+                    bb[l / 4] |= code << (2 * (l % 4));
+                    if (sparse) {
+                        const unsigned pat = ws_field(stream, base + HEAD + G * WB / 2 + 3 * (c * L / 2 + l / 2), 3);
+                        bb[L / 4 + l / 4] |= WS_PATTERNS[pat < 6 ? pat : 5][l % 2] << (2 * (l % 4));
+                    }
+                }
+                bb[sparse ? L / 2 : L / 4] = (uint8_t)zero;
+                as.write(a_words[g * group_beats + c]);
+                bs.write(accllm_b_beat(bb, g == groups - 1 && c == group_beats - 1));
+            }
         }
     }
 }
@@ -159,7 +190,7 @@ template <class CFG> void dequant(hls::stream<accllm_acc_t> &in, const uint8_t *
     }
 }
 
-template <class CFG> void linear_dataflow(const typename CFG::act_t *a, float sx, const uint8_t *beats,
+template <class CFG> void linear_dataflow(const typename CFG::act_t *a, float sx, const uint8_t *stream,
                                           const uint8_t *scales, float *y, unsigned n, unsigned k, unsigned mode,
                                           int32_t *tr_acc) {
 #pragma HLS DATAFLOW
@@ -170,17 +201,17 @@ template <class CFG> void linear_dataflow(const typename CFG::act_t *a, float sx
 #pragma HLS STREAM variable = as depth = 4
 #pragma HLS STREAM variable = bs depth = 4
 #pragma HLS STREAM variable = accs depth = 4
-    feed_linear<CFG>(a, beats, n, k, mode, as, bs);
+    feed_linear<CFG>(a, stream, n, k, mode, as, bs);
     accllm_core_hls_bb(as, bs, accs, mode, n * (k / CFG::group));
     dequant<CFG>(accs, scales, sx, y, n, k / CFG::group, tr_acc);
 }
 
-template <class CFG> void linear(const float *x, float *y, const uint8_t *beats, const uint8_t *scales, unsigned n,
+template <class CFG> void linear(const float *x, float *y, const uint8_t *stream, const uint8_t *scales, unsigned n,
                                  unsigned k, unsigned mode, int32_t *tr_act, int32_t *tr_acc) {
     typename CFG::act_t a[CFG::max_vec];
     float sx = act_quant<CFG>(x, k, a);
     if (tr_act) for (unsigned i = 0; i < k; i++) tr_act[i] = a[i].to_int();
-    linear_dataflow<CFG>(a, sx, beats, scales, y, n, k, mode, tr_acc);
+    linear_dataflow<CFG>(a, sx, stream, scales, y, n, k, mode, tr_acc);
 }
 
 // ---------------------------------------------------------------- Λ attention with the KV4 cache

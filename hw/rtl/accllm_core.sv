@@ -14,9 +14,9 @@
 // s_b_tlast. In SPARSE mode an A beat carries 2*LANES activations (LANES/2 blocks of four) and the LANES
 // multipliers do only the kept products: twice the dense-equivalent throughput from the same DSPs.
 //
-// Pipeline (4 stages, never stalls): S1 decode + operand registers, S2 packed DSP multiply (accllm_dot2,
-// two products per DSP48E2, see that file for the bit positions and the correction term), S3 balanced adder
-// tree, S4 accumulate and push into the output FIFO. Back-pressure is handled by admitting a beat only when
+// Pipeline (accllm_mac, 4 stages, never stalls): S1 decode + operand registers, S2 packed DSP multiply
+// (accllm_dot2, two products per DSP48E2, see that file for the bit positions and the correction term), S3
+// balanced adder tree, S4 accumulate and push into the output FIFO. Back-pressure is handled by admitting a beat only when
 // the FIFO can hold every accumulation that may still close in the pipeline.
 //
 // Mode changes take effect for the next accepted beat; change them between packets only.
@@ -48,9 +48,6 @@ module accllm_core #(
     output logic                  m_tlast
 );
     localparam logic [1:0] DENSE = 2'd0, SPARSE = 2'd1;
-    localparam int PAIRS = LANES / 2;
-    localparam int TREE_LEAVES = 1 << $clog2(PAIRS);
-    localparam int SUMW = 13 + $clog2(PAIRS) + 1;  // sum of PAIRS 13-bit signed pair sums
     localparam int GB_DENSE = GROUP / LANES;         // B beats per group
     localparam int GB_SPARSE = GROUP / (2 * LANES);
     localparam int GCW = $clog2(GB_DENSE + 1);
@@ -73,15 +70,11 @@ module accllm_core #(
     end
 
     // ---------------- admission ----------------
-    logic v1, v2, v3;  // stage valid
-    logic c1, c2, c3;  // beat closes an accumulation
-    logic l1, l2, l3;  // beat carries s_b_tlast
     logic [FCW-1:0] fifo_count;
     logic [2:0] inflight;
     logic room, accept, close_in, w2;
     logic [GCW-1:0] gcount, glast;
 
-    assign inflight = 3'(v1 & c1) + 3'(v2 & c2) + 3'(v3 & c3);
     assign room = (32'(fifo_count) + 32'(inflight)) < OUT_DEPTH;
     assign s_a_tready = s_b_tvalid && room;
     assign s_b_tready = s_a_tvalid && room;
@@ -96,86 +89,27 @@ module accllm_core #(
         else if (accept) gcount <= close_in ? '0 : gcount + 1'b1;
     end
 
-    // ---------------- S1: decode ----------------
-    logic signed [7:0] a_dec [LANES], a1 [LANES];
-    logic signed [4:0] b_dec [LANES], b1 [LANES];
+    // ---------------- decode, then the MAC pipeline ----------------
+    logic signed [7:0] a_dec [LANES];
+    logic signed [4:0] b_dec [LANES];
+    logic push, push_last;
+    logic signed [31:0] push_acc;
 
     accllm_operand_decode #(.LANES(LANES)) u_decode (
         .mode(mode), .a_data(s_a_tdata), .b_data(s_b_tdata), .a_op(a_dec), .b_op(b_dec)
     );
 
-    always_ff @(posedge clk) begin
-        a1 <= a_dec;
-        b1 <= b_dec;
-        c1 <= close_in;
-        l1 <= s_b_tlast;
-    end
-
-    // ---------------- S2: packed multiplies ----------------
-    logic signed [12:0] pair_sum [PAIRS];
-
-    for (genvar j = 0; j < PAIRS; j++) begin : g_pair
-        accllm_dot2 u_dot2 (
-            .clk(clk),
-            .a_hi(a1[2*j]), .a_lo(a1[2*j+1]),
-            .b_hi(b1[2*j+1]), .b_lo(b1[2*j]),
-            .sum(pair_sum[j])   // a1[2j]*b1[2j] + a1[2j+1]*b1[2j+1]
-        );
-    end
-
-    always_ff @(posedge clk) begin
-        c2 <= c1;
-        l2 <= l1;
-    end
-
-    // ---------------- S3: balanced adder tree ----------------
-    logic signed [SUMW-1:0] node [2*TREE_LEAVES];
-    logic signed [SUMW-1:0] sum3;
-
-    always_comb begin
-        node[0] = '0;  // unused (heap indexing starts at 1)
-        for (int i = 0; i < TREE_LEAVES; i++)
-            node[TREE_LEAVES + i] = (i < PAIRS) ? SUMW'(pair_sum[i]) : '0;
-        for (int i = TREE_LEAVES - 1; i >= 1; i--)
-            node[i] = node[2*i] + node[2*i+1];
-    end
-
-    always_ff @(posedge clk) begin
-        sum3 <= node[1];
-        c3 <= c2;
-        l3 <= l2;
-    end
-
-    // ---------------- S4: accumulate ----------------
-    logic signed [31:0] acc, acc_next;
-    logic fresh;  // next beat starts a new accumulation
-
-    assign acc_next = (fresh ? 32'sd0 : acc) + 32'(sum3);
-
-    always_ff @(posedge clk) begin
-        if (!rst_n) fresh <= 1'b1;
-        else if (v3) fresh <= c3;
-        if (v3) acc <= acc_next;
-    end
-
-    always_ff @(posedge clk) begin
-        if (!rst_n) begin
-            v1 <= 1'b0;
-            v2 <= 1'b0;
-            v3 <= 1'b0;
-        end else begin
-            v1 <= accept;
-            v2 <= v1;
-            v3 <= v2;
-        end
-    end
+    accllm_mac #(.LANES(LANES), .TAG_W(1)) u_mac (
+        .clk(clk), .rst_n(rst_n), .in_valid(accept), .in_close(close_in), .in_tag(s_b_tlast),
+        .a_op(a_dec), .b_op(b_dec), .out_valid(push), .out_acc(push_acc), .out_tag(push_last), .inflight(inflight)
+    );
 
     // ---------------- output ----------------
     logic [32:0] out_word;
 
     accllm_out_fifo #(.WIDTH(33), .DEPTH(OUT_DEPTH)) u_out (
         .clk(clk), .rst_n(rst_n),
-        .push(v3 && c3), .push_data({l3, acc_next}),
+        .push(push), .push_data({push_last, push_acc}),
         .m_valid(m_tvalid), .m_ready(m_tready), .m_data(out_word), .count(fifo_count)
     );
 

@@ -1,0 +1,205 @@
+"""Measured decode rate of the engine (hw/rtl/accllm_engine.sv) on a board's memory channels.
+
+    python bench/engine.py [--model llama-2-7b] [--board u280] [--latency 128] [--out bench/results/engine.json]
+    python bench/engine.py --small        # the CI configuration: bundled model dims on KV260
+
+Every linear of one decode token — the seven of a decoder layer and the LM head as one more integer layer —
+runs on the Verilated engine (cocotb), with random weights in the real weight-stream format (2:4 W2, fp16 group
+scales) and every output checked against the golden core. Memory: one HBM2 pseudo-channel (or HP port) per
+engine channel, at most ``rate`` full-width beats per kernel cycle (channel bandwidth / (word bytes x kernel
+clock), capped at one word) and ``--latency`` cycles from address to first data, bursts overlapped.
+
+What is simulated and how it scales (stated in the JSON): the engine's channels share nothing but the activation
+broadcast and start/done, and the weight rows of a linear are split over channels in whole tiles, so channel 0
+(which gets the largest share) is simulated alone and its cycles are the engine's (all channels must finish).
+One decoder layer is simulated; all layers of the model have the same shapes, so a token is ``layers`` x that
+layer + the LM head. Cycles are the engine's own CYCLES register (start to done of each operation); the control
+kernel's work between operations (norms, RoPE, softmax, activation quantisation, register writes), attention
+over the KV cache, and HBM effects beyond bandwidth and latency (refresh, bank conflicts) are not included.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from accllm.hw import engine_runner as er
+from accllm.sim import golden_core as gc
+from accllm.sim import weight_stream as ws
+from accllm.sim.boards import get_board, load_model_shape
+
+HERE = Path(__file__).resolve().parent
+REFERENCES = {  # Llama-2-7B decode on U280, as publicly quoted (DESIGN.md)
+    "AccLLM": {"tokens_per_s": 164, "source": "AccLLM, arXiv 2505.03745, Table VII (U280, 225 MHz, 2:4 + Λ + W2A8KV4)"},
+    "FlightLLM": {"tokens_per_s": 55, "source": "FlightLLM on U280 as compared in AccLLM, arXiv 2505.03745, Table VII"},
+}
+
+
+def pick_cores(model, width: int, channels: int, group: int, lanes: int, wbits: int) -> int:
+    """Cores per channel: at least enough to take a word per cycle; among the next few, the one whose whole-tile
+    split gives channel 0 the fewest words per token (rows split over channels in tiles of ``cores`` rows)."""
+    from accllm.sim.perf_engine import channel_work
+
+    low = ws.cores_to_fill(ws.MODE_SPARSE, wbits, group, lanes, width)
+
+    def words(c):
+        fmt = ws.StreamFormat(wbits, group, lanes, c, width)
+        lins = model.linears()
+        layer = sum(channel_work(ws.MODE_SPARSE, fmt, n, k, channels)[0] for _, n, k in lins)
+        return model.layers * layer + channel_work(ws.MODE_SPARSE, fmt, model.vocab, model.hidden, channels)[0]
+
+    return min(range(low, low + 4), key=lambda c: (words(c), c))
+
+
+def channel_config(board, model, group: int, lanes: int, wbits: int, k_max: int) -> tuple[er.EngineConfig, int, float]:
+    """One channel of the board's engine: (config, channels of the board, peak beats per cycle per channel)."""
+    width = next((w for w in ws.CHANNEL_BITS if w >= board.port_bits), ws.CHANNEL_BITS[-1])
+    cores = pick_cores(model, width, int(board.mem_ports), group, lanes, wbits)
+    per_channel = board.mem_bandwidth_gbs * 1e9 / board.mem_ports
+    rate = min(1.0, per_channel / (width / 8 * board.clock_mhz * 1e6))
+    burst = min(64, 4096 // (width // 8))
+    cfg = er.EngineConfig(channels=1, cores=cores, lanes=lanes, group=group, wbits=wbits, channel_bits=width,
+                          burst=burst, fifo_depth=4 * burst, k_max=k_max)
+    return cfg, int(board.mem_ports), rate
+
+
+def token_ops(model, cfg: er.EngineConfig, channels: int, seed: int = 0) -> list[dict]:
+    """Channel 0's share of every linear of one layer, and of the LM head: random 2:4 codes in the format."""
+    rng = np.random.default_rng(seed)
+    wm = gc.wmax(cfg.wbits)
+    ops = []
+    for name, n, k in model.linears() + [("lm_head", model.vocab, model.hidden)]:
+        r0, r1 = ws.channel_rows(n, cfg.cores, channels)[0]
+        rows = r1 - r0
+        zeros = rng.integers(0, wm + 1, (rows, k // cfg.group))
+        pos = np.sort(np.argsort(rng.random((rows, k // 4, 4)), -1)[..., :2], -1).reshape(rows, k // 2)
+        op = {"kind": "sparse", "name": name, "a": rng.integers(-128, 128, k),
+              "vals": rng.integers(0, wm + 1, (rows, k // 2)), "pos": pos, "zeros": zeros}
+        ops.append(dict(er.make_op(op, cfg, seed=len(ops)), n=n))
+    return ops
+
+
+def run(model_spec: str, board_name: str, latency: int, seed: int = 0, lanes: int = 16, wbits: int = 2) -> dict:
+    from tqdm import tqdm
+
+    model, board = load_model_shape(model_spec), get_board(board_name)
+    group = 32
+    cfg, channels, rate = channel_config(board, model, group, lanes, wbits, k_max=max(k for _, _, k in model.linears()))
+    t0 = time.perf_counter()
+    eng = er.build_engine(cfg)
+    build_s = time.perf_counter() - t0
+    ops = token_ops(model, cfg, channels, seed)
+    with tqdm(total=1, desc=f"engine sim ({len(ops)} operations)") as bar:
+        rep = er.run_job(eng, ops, seed=seed + 1, latency=latency, rate=rate)
+        bar.update(1)
+    if rep["mismatches"]:
+        raise SystemExit(f"engine outputs differ from the golden core: {rep['by_kind']}")
+    f = board.clock_mhz * 1e6
+    per_op = []
+    for r, op in zip(rep["ops"], ops):
+        words = r["words_read"][0]
+        per_op.append({"name": r["name"], "rows_total": op["n"], "rows_channel0": r["rows"][0], "k": r["k"],
+                       "cycles": r["cycles"], "words": words, "bytes": words * cfg.channel_bits // 8,
+                       "words_per_cycle": words / r["cycles"], "mismatches": r["mismatches"]})
+    layer = [p for p in per_op if p["name"] != "lm_head"]
+    head = next(p for p in per_op if p["name"] == "lm_head")
+    layer_cycles = sum(p["cycles"] for p in layer)
+    token_cycles = model.layers * layer_cycles + head["cycles"]
+    fmt = cfg.fmt
+    lay = ws.layout(model, fmt, channels, sparse=True, lm_head=True)
+    token_bytes = lay.nbytes()
+    seconds = token_cycles / f
+    peak_gbs = board.mem_ports * min(rate, 1.0) * cfg.channel_bits / 8 * f / 1e9
+    tok_s = 1.0 / seconds
+    limit_tok_s = board.mem_bandwidth_gbs * 1e9 / token_bytes
+    sim_words = sum(p["words"] for p in per_op)
+    sim_cycles = sum(p["cycles"] for p in per_op)
+    return {
+        "model": model.name, "board": board_name, "clock_mhz": board.clock_mhz,
+        "engine": {"channels": channels, **{k: v for k, v in cfg.__dict__.items() if k != "channels"},
+                   "record_bits_sparse": fmt.record_bits(ws.MODE_SPARSE)},
+        "memory_model": {"latency_cycles": latency, "beats_per_cycle_peak": rate,
+                         "channel_gbs": board.mem_bandwidth_gbs / board.mem_ports, "board_gbs": board.mem_bandwidth_gbs,
+                         "peak_gbs_at_kernel_clock": peak_gbs, "stalls": "none beyond the bandwidth limit"},
+        "format": {"bits_per_weight": lay.bits_per_weight(), "token_bytes": token_bytes,
+                   "by_linear": lay.by_linear()},
+        "simulated": {"scope": "channel 0 of one decoder layer + the LM head; token = layers x layer + LM head",
+                      "operations": per_op, "cycles": sim_cycles, "words": sim_words,
+                      "memory_utilization": sim_words / sim_cycles / rate,
+                      "mismatches": rep["mismatches"], "axi_errors": rep["axi_errors"],
+                      "max_outstanding_bursts": rep["max_outstanding_bursts"][0]},
+        "token": {"cycles": token_cycles, "seconds": seconds, "tokens_per_s": tok_s, "bytes": token_bytes,
+                  "achieved_gbs": token_bytes / seconds / 1e9, "achieved_over_peak": token_bytes / seconds / 1e9 / board.mem_bandwidth_gbs,
+                  "bandwidth_limit_tokens_per_s": limit_tok_s, "over_limit": tok_s / limit_tok_s},
+        "references": REFERENCES,
+        "not_included": ["control kernel work between operations (norms, RoPE, softmax, SiLU, activation quantisation, "
+                         "register writes)", "attention over the KV cache (QK/PV)", "HBM refresh and bank effects"],
+        "build_seconds": build_s, "sim_seconds": rep["run_seconds"],
+        "host": {"python": sys.version.split()[0], "machine": platform.machine()},
+    }
+
+
+def perf_check(res: dict, calib: dict, model_spec: str, board_name: str) -> dict:
+    """The perf model (accllm.sim.perf_engine) fitted on another configuration's measured operations, predicting
+    this run's operations and token: the held-out error."""
+    from accllm.sim import perf_engine as pe
+
+    t = pe.fit_timing(calib["simulated"]["operations"], calib["memory_model"]["beats_per_cycle_peak"],
+                      f"bench/engine.py {calib['model']} on {calib['board']}")
+    e = res["engine"]
+    fmt = ws.StreamFormat(e["wbits"], e["group"], e["lanes"], e["cores"], e["channel_bits"])
+    rate = res["memory_model"]["beats_per_cycle_peak"]
+    pred = pe.token_cycles(load_model_shape(model_spec), fmt, e["channels"], rate, t)
+    ops = []
+    for o in res["simulated"]["operations"]:
+        words, beats = pe.channel_work(ws.MODE_SPARSE, fmt, o["rows_total"], o["k"], e["channels"])
+        c = pe.op_cycles(words, beats, rate, t)
+        ops.append({"name": o["name"], "measured": o["cycles"], "predicted": c, "error": c / o["cycles"] - 1})
+    tok = res["token"]["cycles"]
+    return {"timing": t.to_json(), "held_out": f"fitted on {calib['model']} / {calib['board']}, predicting "
+            f"{res['model']} / {res['board']}", "operations": ops,
+            "token_cycles_predicted": pred["token"], "token_cycles_measured": tok,
+            "token_error": pred["token"] / tok - 1, "max_op_error": max(abs(o["error"]) for o in ops)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="llama-2-7b", help="model dims: a preset, 'bundled' or a config.json")
+    p.add_argument("--board", default="u280")
+    p.add_argument("--latency", type=int, default=128, help="memory read latency in kernel cycles (>= 100)")
+    p.add_argument("--small", action="store_true", help="CI configuration: bundled model dims on KV260")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="default bench/results/engine.json "
+                   "(engine_small.json with --small)")
+    p.add_argument("--calibration", type=Path, default=HERE / "results" / "engine_small.json",
+                   help="a --small run's JSON: the perf model is fitted on it and checked on this run")
+    a = p.parse_args(argv)
+    if a.small:
+        a.model, a.board = "bundled", "kv260"
+    a.out = a.out or HERE / "results" / ("engine_small.json" if a.small else "engine.json")
+    res = run(a.model, a.board, a.latency, a.seed)
+    if not a.small and a.calibration.is_file():
+        res["perf_model"] = perf_check(res, json.loads(a.calibration.read_text()), a.model, a.board)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(res, indent=1))
+    t = res["token"]
+    print(f"{res['model']} on {res['board']} ({res['engine']['channels']} channels x {res['engine']['cores']} cores, "
+          f"{res['clock_mhz']} MHz): {t['cycles']} cycles/token, {t['bytes'] / 1e9:.3f} GB/token, "
+          f"{t['tokens_per_s']:.1f} token/s = {t['over_limit']:.3f} of the format's bandwidth limit "
+          f"({t['bandwidth_limit_tokens_per_s']:.1f}); memory utilisation in the sim "
+          f"{res['simulated']['memory_utilization']:.3f}")
+    if "perf_model" in res:
+        pm = res["perf_model"]
+        print(f"perf model ({pm['held_out']}): token {pm['token_cycles_predicted']:.0f} cycles predicted, "
+              f"error {pm['token_error']:+.3f}; worst operation {pm['max_op_error']:.3f}")
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""The compiler's engine memory image (weights.engine + blob_map.json): every linear of the bundled compressed
+model in the weight stream, read back to the graph's integers, with the same bytes the layout function gives."""
+import json
+
+import numpy as np
+import pytest
+
+from flow_fixtures import flow_paths, one_thread
+
+_one_thread = pytest.fixture(autouse=True)(one_thread)
+
+
+@pytest.fixture(scope="session")
+def flow(tmp_path_factory):
+    return flow_paths(tmp_path_factory)
+
+
+def test_blob_map_and_image_read_back(flow):
+    from accllm.hls.compiler import weights_from_export
+    from accllm.hls.engine_image import IMAGE_FILE, MAP_FILE, engine_format
+    from accllm.sim import golden_core as gc
+    from accllm.sim import weight_stream as ws
+    from accllm.sim.boards import get_board, load_model_shape
+
+    _, onnx_dir, build = flow
+    m = json.loads((build / MAP_FILE).read_text())
+    image = (build / IMAGE_FILE).read_bytes()
+    w = weights_from_export(onnx_dir, progress=False)
+    fmt = ws.StreamFormat(**m["format"])
+    assert (fmt, m["channels"]) == engine_format(w.dims, get_board("kv260"), fmt.lanes)
+    assert m["file_bytes"] == len(image) and m["total_bytes"] == sum(s["nbytes"] for s in m["sections"])
+    # the perf model's layout of the same model dims gives the same bytes
+    lay = ws.layout(load_model_shape("bundled"), fmt, m["channels"], sparse=w.dims.sparse)
+    assert lay.nbytes() == m["total_bytes"] and abs(lay.bits_per_weight() - m["bits_per_weight"]) < 1e-12
+    print({k: round(v["bits_per_weight"], 4) for k, v in m["by_linear"].items()}, "total", m["bits_per_weight"])
+    assert m["bits_per_weight"] < 2.6
+    mode = ws.MODE_SPARSE if w.dims.sparse else ws.MODE_DENSE
+    rng = np.random.default_rng(0)
+    for sec in m["sections"]:
+        if sec["name"] not in ("layers.0.q_proj", "layers.5.down_proj") or not sec["nbytes"]:
+            continue
+        lin = w.linears[int(sec["name"].split(".")[1])][sec["name"].split(".")[2]]
+        r0, r1 = sec["rows"]
+        start = m["channel_offsets"][sec["channel"]] + sec["offset"]
+        data = image[start: start + sec["nbytes"]]
+        f = ws.unpack(data, mode, fmt, r1 - r0, sec["k"])
+        assert np.array_equal(f["zeros"], lin.zeros[r0:r1].numpy())
+        assert np.allclose(f["scales"], lin.scales[r0:r1].numpy(), rtol=m["scales"]["max_rel_error"] + 1e-7)
+        a = rng.integers(-128, 128, sec["k"])
+        assert np.array_equal(gc.stream_acc(data, mode, fmt, r1 - r0, sec["k"], a).numpy(),
+                              gc.dense_w2a8(a, lin.codes[r0:r1], lin.zeros[r0:r1], w.dims.group).numpy())
