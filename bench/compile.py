@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     from accllm.hls.export import export_model
     from accllm.hls.flow import quick_checkpoint
     from accllm.quant.checkpoint import load_compressed
-    from accllm.sim.golden import GoldenModel, brevitas_generate
+    from accllm.sim.golden import GoldenModel, brevitas_generate, teacher_forced_vs_brevitas
 
     work = Path(tempfile.mkdtemp(prefix="accllm_bench_"))
     ckpt = a.checkpoint or quick_checkpoint(work / "ckpt")
@@ -66,8 +66,11 @@ def main(argv=None) -> int:
         ntok += len(ids) + a.new
         rows.append({"prompt": p, "golden_eq_brevitas": g == ref, "csim_eq_golden": c == g,
                      "logit_max_abs_err_vs_brevitas": err, "logit_max_rel_err_vs_brevitas": rel})
+    # The comparison the tests bound: both float paths fed the same context at every step (teacher forcing).
+    tf = teacher_forced_vs_brevitas(model, golden, [tok.encode(p) for p in PROMPTS[: a.prompts]], a.new)
     res = {
         "machine": platform.processor() or platform.machine(), "torch_threads": 1,
+        "golden_vs_brevitas_teacher_forced": tf,
         "checkpoint": str(ckpt), "settings": settings.to_json(),
         "export_seconds": t_export, "compile_seconds": r.seconds, "gxx_build_seconds": t_gxx,
         "instructions": r.instructions, "blob_payload_bytes": r.blob_bytes,

@@ -12,8 +12,8 @@ Operands and the graph fields they come from:
 
     EMBED       embed_off          embed.onnx Gather's table [V, H] (fp16 in the blob)
     RMSNORM     weight_off, n      the RMSNorm's weight initializer [H]; eps (one per engine) its Add constant
-    LINEAR      stream, scales,    weight Quant's (W, scale, zeropt) [N, K/G, G] x the 2:4 mask; G = last dim;
-                mode               SPARSE when every linear is masked 2:4, else DENSE
+    LINEAR      stream, mode       weight Quant's (W, scale, zeropt) [N, K/G, G] x the 2:4 mask; G = last dim;
+                                   scales rounded to fp16 (the stream's); SPARSE when every linear is masked 2:4
     ATTENTION   inv_freq_off       embed.onnx's inverse frequencies [D/2]; heads / kv_heads / D from the q, k
                                    linear shapes and the head Reshape; sinks / window from the Λ mask's Less
                                    constants; 1/sqrt(D) checked on the score Mul
@@ -38,6 +38,7 @@ from accllm.sim import golden_core as core
 from accllm.sim.golden import LINEARS, Dims, GoldenWeights, LinearInts, trace_fields
 
 DEFAULT_LANES = 16
+DEFAULT_PREFILL_BLOCK = 32  # prompt tokens per weight pass (engine parameter T)
 BLOCK_ORDER = ("attention", "mlp")  # the Llama order; a graph may compute its blocks in the other order
 
 
@@ -195,7 +196,7 @@ def build_program(w: GoldenWeights, lanes: int, order: list | None = None) -> tu
         for name in LINEARS:
             lin = w.linears[i][name]
             offs[name] = (bw.add(f"layers.{i}.{name}.stream", blobfmt.pack_linear_stream(lin, d.group, lanes, d.sparse)),
-                          bw.add(f"layers.{i}.{name}.scales", lin.scales.numpy().astype(np.float32)))
+                          i * len(LINEARS) + LINEARS.index(name))  # its index in the engine image
         n_in = bw.add(f"layers.{i}.input_norm", w.norms[i][0].numpy().astype(np.float32))
         n_post = bw.add(f"layers.{i}.post_norm", w.norms[i][1].numpy().astype(np.float32))
 
@@ -228,7 +229,7 @@ def build_program(w: GoldenWeights, lanes: int, order: list | None = None) -> tu
 
 
 def compile_export(export_path, out_dir, target: str = "kv260", lanes: int = DEFAULT_LANES,
-                   progress: bool = True) -> CompileResult:
+                   progress: bool = True, prefill_block: int = DEFAULT_PREFILL_BLOCK) -> CompileResult:
     from accllm.hls import project
     from accllm.hls.engine_image import write_engine_image
     from accllm.quant.integrity import write_manifest
@@ -236,13 +237,15 @@ def compile_export(export_path, out_dir, target: str = "kv260", lanes: int = DEF
     from accllm.sim.boards import get_board
 
     board = get_board(target)  # the one board table; raises naming the known boards
+    if not 1 <= prefill_block <= 1024:
+        raise ValueError(f"prefill block must be 1..1024 tokens, got {prefill_block}")
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     g = read_graphs(export_path, progress)
     w = g.weights
     instrs, bw = build_program(w, lanes, g.order)
-    engine = {"lanes": lanes, "target": target, "part": board.part, "clock_ns": round(1000.0 / board.clock_mhz, 3)}
+    engine = {"lanes": lanes, "prefill_block": prefill_block, "target": target, "part": board.part, "clock_ns": round(1000.0 / board.clock_mhz, 3)}
     meta = {"dims": w.dims.to_json(), "engine": engine, "kv_bytes": w.dims.kv_layout().nbytes}
     blob_path = out_dir / "weights.blob"
     sha = bw.write(blob_path, meta)
@@ -275,7 +278,7 @@ def compile_command(a) -> int:
     from accllm.hls.export import read_manifest
     from accllm.quant.integrity import write_manifest
 
-    r = compile_export(a.model, a.out, a.target, a.lanes)
+    r = compile_export(a.model, a.out, a.target, a.lanes, prefill_block=a.prefill_block)
     ckpt = _copy_checkpoint(read_manifest(a.model)[0] / CHECKPOINT_COPY, r.out_dir)
     write_manifest(r.out_dir)
     print(f"wrote {r.program} ({r.instructions} instructions), {r.blob} ({r.blob_bytes} payload bytes), "
@@ -303,4 +306,6 @@ def register(sub):
     p.add_argument("-o", "--out", type=Path, required=True, help="build directory")
     p.add_argument("--target", default="kv260", help="board from sim/data/boards.json (kv260, zcu104, u280)")
     p.add_argument("--lanes", type=int, default=DEFAULT_LANES, help="integer core lanes (multipliers)")
+    p.add_argument("--prefill-block", type=int, default=DEFAULT_PREFILL_BLOCK,
+                   help="prefill block T: prompt tokens multiplied per weight pass (on-chip buffers grow with T)")
     p.set_defaults(func=compile_command)

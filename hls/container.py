@@ -23,12 +23,33 @@ _HEAD = struct.Struct("<8sIIQ32s")
 ALIGN = 64
 
 
+def _header(magic: bytes, version: int, meta: dict, nbytes: int, digest: bytes) -> bytes:
+    js = json.dumps(meta, sort_keys=True).encode()
+    head = _HEAD.pack(magic, version, len(js), nbytes, digest) + js
+    return head + b"\0" * (-len(head) % ALIGN)
+
+
 def write(path, magic: bytes, version: int, meta: dict, payload: bytes) -> Path:
     path = Path(path)
-    js = json.dumps(meta, sort_keys=True).encode()
-    head = _HEAD.pack(magic, version, len(js), len(payload), hashlib.sha256(payload).digest()) + js
-    head += b"\0" * (-len(head) % ALIGN)
-    path.write_bytes(head + payload)
+    path.write_bytes(_header(magic, version, meta, len(payload), hashlib.sha256(payload).digest()) + payload)
+    return path
+
+
+def write_from_file(path, magic: bytes, version: int, meta: dict, nbytes: int, digest: bytes, src,
+                    chunk: int = 16 << 20) -> Path:
+    """The same file as :func:`write`, its payload copied from the open binary file ``src`` (from its start) in
+    chunks, so a payload larger than memory can be written; ``digest`` is the payload's sha256."""
+    path = Path(path)
+    src.seek(0)
+    with open(path, "wb") as f:
+        f.write(_header(magic, version, meta, nbytes, digest))
+        left = nbytes
+        while left:
+            block = src.read(min(chunk, left))
+            if not block:
+                raise ValueError(f"{path}: the payload source ended {left} bytes early")
+            f.write(block)
+            left -= len(block)
     return path
 
 

@@ -6,7 +6,8 @@ By default its C model (``hls/templates/accllm_core_hls_bb.cpp``) is linked; a c
 objects that implement the same function (``accllm.hw.rtl_native`` passes the Verilated RTL core: a C/RTL
 co-simulation of the whole engine that also counts the core's clock cycles).
 
-Builds are cached by the sha256 of the sources and flags (``$ACCLLM_CACHE`` or ``~/.cache/accllm/csim``).
+Builds are cached by the sha256 of the sources and flags (``$ACCLLM_CACHE`` or ``~/.cache/accllm/csim``), each
+library with its own sha256 beside it, checked before it is loaded.
 """
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from accllm.hls import blob as blobfmt
 from accllm.hls import program as prog
 from accllm.hls.project import BLACKBOX_C, BLACKBOX_H, SOURCES
+from accllm.quant.integrity import atomic_write, file_sha256, verify
 
 CXXFLAGS = ["-O2", "-std=c++14", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-w"]
 
@@ -38,10 +39,22 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ACCLLM_CACHE", Path.home() / ".cache" / "accllm")) / "csim"
 
 
+def project_files(hls_dir) -> list[Path]:
+    """The HLS project's files the C-simulation compiles."""
+    hls_dir = Path(hls_dir)
+    return [hls_dir / n for n in SOURCES + (BLACKBOX_H, BLACKBOX_C, "parameters.h")]
+
+
+def verify_project(hls_dir) -> None:
+    """The project's files against the build's files.sha256 (one edited character changes the kernel)."""
+    verify(hls_dir, [f.name for f in project_files(hls_dir)])
+
+
 def read_core_params(hls_dir) -> tuple[int, int]:
     """(LANES, GROUP) the project's parameters.h builds the core with."""
     import re
 
+    verify(hls_dir, ["parameters.h"])
     text = (Path(hls_dir) / "parameters.h").read_text()
     vals = dict(re.findall(r"#define\s+ACCLLM_(LANES|GROUP)\s+(\d+)", text))
     if set(vals) != {"LANES", "GROUP"}:
@@ -54,33 +67,48 @@ def build_library(hls_dir, core=None, verbose: bool = False) -> Path:
     model (``core=None``) or as ``core``: an object with ``name``, ``key`` (content hash) and ``objects`` (object
     files and archives defining ``accllm_core_hls_bb``); cached by content hash."""
     hls_dir = Path(hls_dir)
-    files = [hls_dir / n for n in SOURCES + (BLACKBOX_H, BLACKBOX_C) if n.endswith((".h", ".cpp"))]
-    files.append(hls_dir / "parameters.h")
+    verify_project(hls_dir)
     name = "c" if core is None else core.name
-    h = hashlib.sha256(" ".join(CXXFLAGS + [name]).encode())
-    for f in files:
-        if not f.is_file():
-            raise FileNotFoundError(f"HLS project file {f} is missing; run `accllm compile` again")
+    defines = list(getattr(core, "defines", ()))  # e.g. the engine co-simulation's seam (ACCLLM_ENGINE_LINEAR)
+    h = hashlib.sha256(" ".join(CXXFLAGS + [name] + defines).encode())
+    for f in project_files(hls_dir):
         h.update(f.name.encode() + f.read_bytes())
     core_files = [str(hls_dir / BLACKBOX_C)]
     if core is not None:
         h.update(core.key.encode())
         core_files = list(map(str, core.objects))
     lib = cache_dir() / f"accllm_csim_{name}_{h.hexdigest()[:16]}.so"
-    if lib.is_file():
+    if cached_library_ok(lib):
         return lib
     lib.parent.mkdir(parents=True, exist_ok=True)
     tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-    cmd = ["g++", *CXXFLAGS, "-I", str(hls_dir), "-I", str(ap_types_dir()),
+    cmd = ["g++", *CXXFLAGS, *defines, "-I", str(hls_dir), "-I", str(ap_types_dir()),
            str(hls_dir / "accllm_top.cpp"), str(hls_dir / "csim_api.cpp"), *core_files, "-pthread",
            "-o", str(tmp)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
         raise RuntimeError(f"C-simulation build failed:\n{' '.join(cmd)}\n{r.stderr[-4000:]}")
-    os.replace(tmp, lib)
+    record_library(tmp, lib)
     if verbose:
         print(f"built {lib}")
     return lib
+
+
+def cached_library_ok(lib: Path) -> bool:
+    """A cached library is used only whole: its sha256 must match the one recorded beside it when it was built
+    (a truncated .so would crash the process with a bus error when loaded)."""
+    rec = lib.with_name(lib.name + ".sha256")
+    try:
+        return lib.is_file() and rec.read_text().strip() == file_sha256(lib)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def record_library(tmp: Path, lib: Path) -> None:
+    """Move a freshly linked library into the cache with its sha256 beside it (the record first: a library
+    without a matching record is rebuilt)."""
+    atomic_write(lib.with_name(lib.name + ".sha256"), file_sha256(tmp) + "\n")
+    os.replace(tmp, lib)
 
 
 class CSim:
@@ -88,14 +116,13 @@ class CSim:
 
     def __init__(self, build_dir, core=None):
         build_dir = Path(build_dir)
-        self.meta, self.instrs, program = prog.read_program(build_dir / "program.bin")
-        bmeta, payload = blobfmt.read_blob(build_dir / "weights.blob")
-        from accllm.hls import container
-
-        prog.check_pair(self.meta, container.sha256(payload), build_dir / "program.bin", build_dir / "weights.blob")
+        self.meta, self.instrs, program, _, payload = prog.read_compiled(build_dir)
         self.lib = ctypes.CDLL(str(build_library(build_dir / "hls", core)))
         self.lib.accllm_csim_step.restype = ctypes.c_int
         self.lib.accllm_csim_trace_size.restype = ctypes.c_uint
+        self.lib.accllm_csim_prefill.restype = ctypes.c_int
+        self.lib.accllm_csim_prefill_block.restype = ctypes.c_uint
+        self.lib.accllm_csim_weight_bytes.restype = ctypes.c_ulonglong
         d = self.meta["dims"]
         self.vocab, self.layers = d["vocab"], d["layers"]
         self.trace_size = int(self.lib.accllm_csim_trace_size())
@@ -124,6 +151,42 @@ class CSim:
         self.pos += 1
         return self.logits.copy()
 
+    def prefill(self, tokens, trace: bool = False) -> np.ndarray:
+        """Run ``tokens`` at the next stream positions in the engine's prefill mode (blocks of
+        :attr:`prefill_block` tokens, one weight pass each); returns the last token's logits. With ``trace``,
+        :meth:`prefill_trace` gives each token's integer trace."""
+        ids = np.asarray(list(tokens), dtype=np.int64)
+        if ids.size == 0:
+            raise ValueError("empty prompt: give at least one token")
+        bad = ids[(ids < 0) | (ids >= self.vocab)]
+        if bad.size:
+            raise ValueError(f"token id {int(bad[0])} outside the vocabulary [0, {self.vocab})")
+        ids = ids.astype(np.uint32)
+        self.block_trace = np.zeros(len(ids) * self.layers * self.trace_size if trace else 1, np.int32)
+        p = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
+        self.lib.accllm_csim_prefill(p(self._program), ctypes.c_uint(len(self.instrs)), p(self._blob), p(self.kv),
+                                     p(ids), ctypes.c_uint(len(ids)), ctypes.c_uint(self.pos), p(self.logits),
+                                     p(self.block_trace), ctypes.c_uint(int(trace)))
+        self.pos += len(ids)
+        return self.logits.copy()
+
+    def prefill_trace(self, token: int, layer: int) -> np.ndarray:
+        """Token ``token`` (index in the last traced prefill) of ``layer``: its integer trace."""
+        off = (token * self.layers + layer) * self.trace_size
+        return self.block_trace[off:off + self.trace_size].astype(np.int64)
+
+    @property
+    def prefill_block(self) -> int:
+        return int(self.lib.accllm_csim_prefill_block())
+
+    @property
+    def weight_bytes(self) -> int:
+        """Weight bytes the kernel has read from the blob since :meth:`clear_weight_bytes` (its own counter)."""
+        return int(self.lib.accllm_csim_weight_bytes())
+
+    def clear_weight_bytes(self) -> None:
+        self.lib.accllm_csim_clear_weight_bytes()
+
     def layer_trace(self, layer: int) -> np.ndarray:
         return self.trace[layer * self.trace_size:(layer + 1) * self.trace_size].astype(np.int64)
 
@@ -140,14 +203,15 @@ def compare_with_golden(golden, csim: CSim, tokens: list[int]) -> dict:
 
     golden.reset()
     csim.reset()
-    mism, total, dlogit = 0, 0, 0.0
+    per_layer, total, dlogit = [0] * golden.d.layers, 0, 0.0
     for t in tokens:
         tr = []
         lg = golden.step(t, tr)
         lc = csim.step(t, trace=True)
         for layer, tl in enumerate(tr):
             a, b = flatten_trace(golden.d, tl).numpy(), csim.layer_trace(layer)
-            mism += int((a != b).sum())
+            per_layer[layer] += int((a != b).sum())
             total += a.size
         dlogit = max(dlogit, float(np.abs(lg.numpy() - lc).max()))
-    return {"integer_mismatches": mism, "integers_compared": total, "max_logit_diff": dlogit}
+    return {"integer_mismatches": sum(per_layer), "integers_compared": total, "max_logit_diff": dlogit,
+            "mismatches_per_layer": per_layer}

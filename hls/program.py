@@ -13,7 +13,10 @@ byte offsets into the blob payload; ``NONE`` marks an absent trace slot.
     op          mode            args
     EMBED       -               dst, embed_off
     RMSNORM     -               src, dst, weight_off, n
-    LINEAR      DENSE|SPARSE    src | dst << 8, beats_off, scales_off, N, K, act_trace, acc_trace
+    LINEAR      DENSE|SPARSE    src | dst << 8, stream_off, linear, N, K, act_trace, acc_trace
+                                (stream_off: the linear's weight stream, fp16 scales inside; linear: its index
+                                layer * 7 + position in accllm.sim.golden.LINEARS, i.e. its sections in the
+                                engine image, accllm.hls.engine_image)
     ATTENTION   -               q, k, v, dst, trace_off (of k_code; the attention fields follow in order),
                                 inv_freq_off
     ADD         -               dst, src, n                     dst += src  (float32)
@@ -54,8 +57,8 @@ class Instr:
         return f"{OP_NAMES[self.op]:<9} mode={self.mode} layer={self.layer} args={list(self.args)}"
 
 
-def linear(mode, layer, src, dst, beats_off, scales_off, n, k, act_trace=NONE, acc_trace=NONE) -> Instr:
-    return Instr(OP_LINEAR, mode, layer, (src | dst << 8, beats_off, scales_off, n, k, act_trace, acc_trace))
+def linear(mode, layer, src, dst, stream_off, linear_index, n, k, act_trace=NONE, acc_trace=NONE) -> Instr:
+    return Instr(OP_LINEAR, mode, layer, (src | dst << 8, stream_off, linear_index, n, k, act_trace, acc_trace))
 
 
 def write_program(path, instrs: list[Instr], meta: dict) -> str:
@@ -84,3 +87,23 @@ def check_pair(prog_meta: dict, blob_sha: str, prog_path="program", blob_path="b
     if prog_meta.get("blob_sha256") != blob_sha:
         raise ValueError(f"{prog_path} was compiled for a different weight blob than {blob_path} "
                          f"(sha256 {str(prog_meta.get('blob_sha256'))[:12]}… vs {blob_sha[:12]}…); recompile")
+
+
+PROGRAM_FILE, BLOB_FILE = "program.bin", "weights.blob"
+
+
+def read_compiled(build_dir) -> tuple[dict, list[Instr], bytes, dict, bytes]:
+    """A compiled build's program and weight blob, each read by its format reader (magic, version, payload
+    sha256), paired, and checked whole (metadata included) against the build's ``files.sha256``:
+    ``(program meta, instructions, program payload, blob meta, blob payload)``."""
+    from pathlib import Path
+
+    from accllm.hls import blob as blobfmt
+    from accllm.quant.integrity import verify
+
+    d = Path(build_dir)
+    meta, instrs, program = read_program(d / PROGRAM_FILE)
+    bmeta, payload = blobfmt.read_blob(d / BLOB_FILE)
+    check_pair(meta, container.sha256(payload), d / PROGRAM_FILE, d / BLOB_FILE)
+    verify(d, (PROGRAM_FILE, BLOB_FILE))
+    return meta, instrs, program, bmeta, payload

@@ -6,13 +6,10 @@ import time
 
 
 def export(ctx):
-    from accllm.hls.export import export_model
-    from accllm.quant.checkpoint import load_compressed
+    from accllm.hls.export import export_checkpoint
 
-    model, _, _ = load_compressed(ctx.artifacts["compress"])
-    out = ctx.step_dir("export")
-    export_model(model, out, progress=False)
-    return out, {"layers": model.config.num_hidden_layers}
+    out, layers = export_checkpoint(ctx.artifacts["compress"], ctx.step_dir("export"), progress=False)
+    return out, {"layers": layers}
 
 
 def verify_export(ctx) -> dict:
@@ -22,9 +19,12 @@ def verify_export(ctx) -> dict:
     from accllm.hls.export import onnx_vs_torch
     from accllm.quant.checkpoint import load_compressed
 
+    from tqdm import tqdm
+
     model, _, _ = load_compressed(ctx.artifacts["compress"])
     worst = 0.0
-    for layer in range(model.config.num_hidden_layers):
+    for layer in tqdm(range(model.config.num_hidden_layers), desc="[export] qonnx executor vs torch", unit="layer",
+                      leave=False):
         onnx.checker.check_model(str(ctx.artifacts["export"] / f"layer{layer:02d}.onnx"))
         err, scale = onnx_vs_torch(ctx.artifacts["export"], model, layer)
         worst = max(worst, err / max(scale, 1.0))
@@ -43,15 +43,14 @@ def compile(ctx):  # noqa: A001 - the step's name
 
 
 def verify_compile(ctx) -> dict:
-    """The program and blob read back with their checksums and belong together."""
-    from accllm.hls import blob as blobfmt
-    from accllm.hls import container
+    """The program and blob read back with their checksums and belong together; the HLS project's files match
+    the build's files.sha256."""
     from accllm.hls import program as prog
+    from accllm.hls.csim import verify_project
 
     d = ctx.artifacts["compile"]
-    meta, instrs, _ = prog.read_program(d / "program.bin")
-    _, payload = blobfmt.read_blob(d / "weights.blob")
-    prog.check_pair(meta, container.sha256(payload), d / "program.bin", d / "weights.blob")
+    _, instrs, _, _, _ = prog.read_compiled(d)
+    verify_project(d / "hls")
     return {"program_instructions": len(instrs), "checksums": "ok"}
 
 
@@ -91,8 +90,11 @@ def check_with_golden(ctx, runs: list[dict], make_sim=None, core: str = "c") -> 
     from accllm.hls.csim import CSim, compare_with_golden
     from accllm.sim.golden import GoldenModel
 
+    from tqdm import tqdm
+
     golden = GoldenModel.load(ctx.artifacts["compress"])
-    same = sum(golden.generate(r["prompt_ids"], len(r["output_ids"])) == r["output_ids"] for r in runs)
+    same = sum(golden.generate(r["prompt_ids"], len(r["output_ids"])) == r["output_ids"]
+               for r in tqdm(runs, desc=f"golden model on the prompts (core: {core})", unit="prompt", leave=False))
     first = runs[0]
     exact = compare_with_golden(golden, (make_sim or CSim)(ctx.artifacts["compile"]),
                                 first["prompt_ids"] + first["output_ids"])

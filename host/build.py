@@ -31,12 +31,23 @@ class BuildDir:
                 if (p / CHECKPOINT_MARKER).is_file():
                     return p
         raise FileNotFoundError(f"{self.root} holds no compressed checkpoint (looked for {CHECKPOINT_MARKER} in "
-                                f"{', '.join(CHECKPOINT_PLACES)}); it carries the tokenizer and the golden model's weights")
+                                f"{', '.join(CHECKPOINT_PLACES)}); it carries the tokenizer and the golden model's "
+                                f"weights: pass a flow build (`accllm build`/`demo`), or compile an export made by "
+                                f"`accllm export` (it carries the checkpoint into the build)")
 
-    def tokenizer(self):
-        from .tokenizer import Tokenizer
-
+    def tokenizer_dir(self) -> Path:
+        """The folder that holds the build's tokenizer.json (and the chat template beside it)."""
         for p in (self.root, self.path, self.checkpoint()):
             if (p / "tokenizer.json").is_file():
-                return Tokenizer(p)
+                return p
         raise FileNotFoundError(f"{self.root} has no tokenizer.json")
+
+    def tokenizer(self):
+        from accllm.quant.integrity import verify
+
+        from .tokenizer import Tokenizer
+
+        p = self.tokenizer_dir()
+        if (p / CHECKPOINT_MARKER).is_file():  # a checkpoint: its files.sha256 covers the tokenizer
+            verify(p, [n for n in ("tokenizer.json", "config.json") if (p / n).exists()])
+        return Tokenizer(p)

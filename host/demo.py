@@ -39,7 +39,7 @@ def check_against_golden(build: Path, prompt_ids: list[int], output_ids: list[in
 def demo_command(a) -> int:
     from .backends import open_backend
     from .build import BuildDir
-    from .flow import build
+    from .flow import build, warnings_summarised
     from .flow_config import DEFAULT_FLOW
     from .run import describe, stream
     from .sampling import SamplingParams
@@ -52,13 +52,14 @@ def demo_command(a) -> int:
     params = SamplingParams(max_tokens=a.max_tokens, temperature=0, stop_tokens=(tok.eos_id,))
     print(f"\n--- streaming from the {a.backend} backend ---", flush=True)
     t = time.perf_counter()
-    with open_backend(a.backend, out, timeout_s=a.timeout) as backend:
-        print(f"(opened in {time.perf_counter() - t:.1f} s: program and blob verified"
+    with warnings_summarised(a.backend, print), open_backend(a.backend, out, timeout_s=a.timeout) as backend:
+        print(f"(opened in {time.perf_counter() - t:.1f} s: program, blob and project checked against files.sha256"
               f"{', C-simulation library built or taken from the cache' if a.backend == 'csim' else ''})", flush=True)
         gen = stream(backend, tok, a.prompt, params)
     print(f"[{a.backend}] " + describe(gen.stats))
     t1 = time.perf_counter()
-    check = check_against_golden(out, gen.prompt_ids, gen.output_ids)
+    with warnings_summarised("golden", print):
+        check = check_against_golden(out, gen.prompt_ids, gen.output_ids)
     t_check = time.perf_counter() - t1
     if check["equal"]:
         print(f"tokens equal the golden model: yes ({check['tokens']}/{check['tokens']} ids identical)")

@@ -1,22 +1,31 @@
 """A build described once as data (FLOW.yaml) and run as ordered, named, resumable steps.
 
 The builder only orders steps and decides which must run: each step function lives in the folder
-that owns its work and is named here by import path. A step reruns when the hash of its inputs —
-the flow-file sections it reads plus the artifacts of the steps it consumes — differs from the hash
-recorded when its artifact was made; otherwise it is skipped.
+that owns its work and is named here by import path. A step is skipped only when the hash of its inputs —
+the flow-file sections it reads plus the artifacts of the steps it consumes — equals the one recorded when its
+artifact was made *and* every file of that artifact still has its recorded sha256 (``state.json``, see
+:mod:`accllm.host.flow_state`). A step writes into a temporary folder beside its own, renamed into place when
+it returns: a killed step leaves no half-written artifact under the step's name. A step's verification is
+cached with it, keyed by its inputs and artifact.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib
 import json
+import os
+import shutil
 import time
-from dataclasses import dataclass
+import warnings
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from .flow_config import DEFAULT_FLOW, FlowConfig, FlowError, load_flow
 from .flow_report import write_report
+from .flow_state import artifact_files, artifact_path, files_digest, intact, read_state, write_state
 from .flow_steps import STEP_NAMES, STEPS, Step
 
 @dataclass
@@ -24,9 +33,10 @@ class StepContext:
     flow: "FlowConfig"
     build_dir: Path
     artifacts: dict[str, Path]
+    staging: dict[str, Path] = field(default_factory=dict)  # step -> the temporary folder it writes into
 
     def step_dir(self, name: str) -> Path:
-        d = self.build_dir / name
+        d = self.staging.get(name, self.build_dir / name)
         d.mkdir(parents=True, exist_ok=True)
         return d
 
@@ -34,15 +44,6 @@ class StepContext:
 def _resolve(path: str) -> Callable:
     module, _, fn = path.partition(":")
     return getattr(importlib.import_module(module), fn)
-
-
-def _sha256_path(path: Path) -> str:
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for p in files:
-        h.update(str(p.relative_to(path) if path.is_dir() else p.name).encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def _lookup(d: dict, dotted: str):
@@ -60,14 +61,81 @@ def input_hash(step: Step, flow: "FlowConfig", artifact_hashes: dict[str, str]) 
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
+def _staging(build_dir: Path, name: str) -> Path:
+    # A sibling of the step's folder (same depth: relative paths a step writes stay valid after the rename).
+    return build_dir / f".{name}.partial"
+
+
+def _run_step(step: Step, ctx: StepContext) -> tuple[Path, dict]:
+    """Run ``step`` into its staging folder and rename that into place; returns the final artifact path."""
+    tmp, final = _staging(ctx.build_dir, step.name), ctx.build_dir / step.name
+    shutil.rmtree(tmp, ignore_errors=True)
+    ctx.staging[step.name] = tmp
+    try:
+        artifact, metrics = _resolve(step.run)(ctx)
+    finally:
+        ctx.staging.pop(step.name, None)
+    artifact = Path(artifact)
+    try:
+        inner = artifact.resolve().relative_to(tmp.resolve())
+    except ValueError:
+        return artifact, metrics  # written elsewhere by the step itself
+    old = ctx.build_dir / f".{step.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final / inner, metrics
+
+
+@contextmanager
+def warnings_summarised(name: str, log):
+    """Third-party warnings (qonnx's shape inference alone gives hundreds per export check) summarised in one
+    line per step; accllm's own are shown once each. ``ACCLLM_WARNINGS=1`` shows them all as they come."""
+    if os.environ.get("ACCLLM_WARNINGS"):
+        yield
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    own, others = {}, Counter()
+    for w in caught:
+        if issubclass(w.category, (ResourceWarning, ImportWarning, PendingDeprecationWarning)):
+            continue  # ignored by Python's default filters too
+        parts = Path(w.filename).parts
+        if "site-packages" in parts and parts.index("site-packages") + 1 < len(parts):
+            others[parts[parts.index("site-packages") + 1].removesuffix(".py")] += 1
+        else:
+            msg = f"{w.category.__name__}: {str(w.message).splitlines()[0]}"
+            own.setdefault(msg if len(msg) <= 160 else msg[:159] + "…", None)
+    for msg in own:
+        log(f"[{name}] warning: {msg}")
+    if others:
+        log(f"[{name}] {sum(others.values())} third-party warnings not shown ("
+            + ", ".join(f"{k} {n}" for k, n in others.most_common()) + "); ACCLLM_WARNINGS=1 shows them")
+
+
+def _relative(path: Path, build_dir: Path) -> str:
+    try:
+        return path.resolve().relative_to(build_dir.resolve()).as_posix()
+    except ValueError:
+        return str(path.resolve())  # outside the build folder: never trusted as fresh (artifact_path)
+
+
+def _verification_key(step: Step, rec: dict) -> str:
+    return hashlib.sha256(f"{step.verify} {rec['input_hash']} {rec['artifact_sha256']}".encode()).hexdigest()
+
+
 def run_flow(flow, build_dir: Path, start: str | None = None, stop: str | None = None,
              verify: list[str] | None = None, log=print) -> dict:
     """Run the flow's steps in order from ``start`` to ``stop``; returns the build state (also saved
     as ``build_dir/state.json``)."""
     build_dir = Path(build_dir)
     build_dir.mkdir(parents=True, exist_ok=True)
-    state_path = build_dir / "state.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {"steps": {}}
+    state = read_state(build_dir)
+    for leftover in [*build_dir.glob(".*.partial"), *build_dir.glob(".*.old")]:
+        shutil.rmtree(leftover, ignore_errors=True)  # of a killed run: never trusted, never reused
     selected = [s for s in STEPS if s.name in flow.steps]
     names = [s.name for s in selected]
     for bound in (start, stop):
@@ -79,8 +147,8 @@ def run_flow(flow, build_dir: Path, start: str | None = None, stop: str | None =
     artifacts: dict[str, Path] = {}
     hashes: dict[str, str] = {}
     for name, rec in state["steps"].items():
-        if name in names and Path(rec["artifact"]).exists():
-            artifacts[name], hashes[name] = Path(rec["artifact"]), rec["artifact_sha256"]
+        if name in names and intact(build_dir, rec):
+            artifacts[name], hashes[name] = artifact_path(build_dir, rec), rec["artifact_sha256"]
     ctx = StepContext(flow=flow, build_dir=build_dir, artifacts=artifacts)
     ran = []
     for i, step in enumerate(selected):
@@ -92,30 +160,34 @@ def run_flow(flow, build_dir: Path, start: str | None = None, stop: str | None =
             raise FlowError(f"step {step.name!r} needs the artifact of {missing}: {how}")
         h = input_hash(step, flow, hashes)
         rec = state["steps"].get(step.name)
-        fresh = rec is not None and rec["input_hash"] == h and Path(rec["artifact"]).exists()
-        if fresh:
-            log(f"[{step.name}] unchanged, skipped ({rec['artifact']})")
+        if rec is not None and rec["input_hash"] == h and step.name in artifacts:
+            log(f"[{step.name}] unchanged, skipped ({rec['artifact']}: every file matches its recorded sha256)")
         else:
             log(f"[{step.name}] running")
             t0 = time.time()
-            artifact, metrics = _resolve(step.run)(ctx)
-            rec = {
-                "input_hash": h,
-                "artifact": str(artifact),
-                "artifact_sha256": _sha256_path(artifact),
-                "metrics": metrics,
-                "seconds": round(time.time() - t0, 2),
-            }
+            with warnings_summarised(step.name, log):
+                artifact, metrics = _run_step(step, ctx)
+            files = artifact_files(artifact)
+            rec = {"input_hash": h, "artifact": _relative(artifact, build_dir), "files": files,
+                   "artifact_sha256": files_digest(files), "metrics": metrics, "seconds": round(time.time() - t0, 2)}
             state["steps"][step.name] = rec
             ran.append(step.name)
             log(f"[{step.name}] wrote {artifact} in {rec['seconds']} s")
-        artifacts[step.name], hashes[step.name] = Path(rec["artifact"]), rec["artifact_sha256"]
+        artifacts[step.name] = artifact_path(build_dir, rec) or Path(rec["artifact"])
+        hashes[step.name] = rec["artifact_sha256"]
         if step.name in verify and step.verify:
-            rec["verification"] = _resolve(step.verify)(ctx)
-            log(f"[{step.name}] verified: {json.dumps(rec['verification'])}")
-        state_path.write_text(json.dumps(state, indent=1))
+            key = _verification_key(step, rec)
+            if rec.get("verification_key") == key and "verification" in rec:
+                log(f"[{step.name}] verified earlier, same inputs and artifact: {json.dumps(rec['verification'])}")
+            else:
+                log(f"[{step.name}] verifying")
+                with warnings_summarised(step.name, log):
+                    rec["verification"] = _resolve(step.verify)(ctx)
+                rec["verification_key"] = key
+                log(f"[{step.name}] verified: {json.dumps(rec['verification'])}")
+        write_state(build_dir, state)
     state["ran"] = ran
-    state_path.write_text(json.dumps(state, indent=1))
+    write_state(build_dir, state)
     return state
 
 

@@ -105,7 +105,29 @@ class FlowConfig(_Strict):
             c.settings()
         except ValueError as err:
             raise ValueError(f"compression: {err}") from None
+        if set(self.steps) - {"compress"} or "compress" in self.verify:
+            self._engine_can_run()
         return self
+
+    def _engine_can_run(self) -> None:
+        """What the engine (golden model, compiler, RTL core) cannot run, refused before any step runs."""
+        from accllm.sim.core_stream import check_lanes, group_beats
+        from accllm.sim.dims import ENGINE_BITS
+        from accllm.sim.golden_core import MODE_SPARSE
+
+        c, e = self.compression, self.engine
+        for key, bits in ENGINE_BITS.items():
+            if getattr(c, key) != bits:
+                raise ValueError(f"compression.{key} is {getattr(c, key)}: the engine runs W2A8KV4 ({key} {bits}); "
+                                 f"keep the steps after compress out of the flow to study other widths")
+        if not c.lambda_attention:
+            raise ValueError("compression.lambda_attention is false: the engine's KV cache is the Λ layout")
+        try:
+            check_lanes(e.lanes)
+            # The core closes a group on whole 2:4 beats (2 x lanes inputs), dense or sparse.
+            group_beats(MODE_SPARSE, e.group_size, e.lanes)
+        except ValueError as err:
+            raise ValueError(f"engine.lanes ({e.lanes}) and engine.group_size ({e.group_size}): {err}") from None
 
 
 def _format_validation_error(e: ValidationError, source: str) -> str:

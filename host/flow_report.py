@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from .flow_config import FlowConfig
+from .flow_state import artifact_path
 
 
 def write_report(flow: FlowConfig, state: dict, build_dir: Path) -> Path:
@@ -27,18 +28,19 @@ def write_report(flow: FlowConfig, state: dict, build_dir: Path) -> Path:
                      f"{metrics} | {ver} |")
     perf_rec = state["steps"].get("perf")
     if perf_rec:
-        p = json.loads(Path(perf_rec["artifact"]).read_text())
+        p = json.loads((artifact_path(build_dir, perf_rec) or Path(perf_rec["artifact"])).read_text())
         d = p["decode"]
         lines += ["", f"## Projected on {p['board']} (analytical model, core cycles calibrated on RTL)", "",
                   "| decode token/s | bytes/token | bandwidth limit token/s | achieved/limit | prefill token/s |",
                   "|---|---|---|---|---|",
                   f"| {d['tokens_per_s']:.1f} | {d['bytes_per_token']:.0f} | {d['bandwidth_limit_tokens_per_s']:.1f} | "
                   f"{d['achieved_over_limit']:.2f} | {p['prefill']['tokens_per_s']:.1f} |"]
-    lines += ["", "## Artifacts", "", "| step | artifact | sha256 |", "|---|---|---|"]
+    lines += ["", "## Artifacts", "", "Paths relative to the build folder; the sha256 of every file is in `state.json`.", "",
+              "| step | artifact | sha256 of its files |", "|---|---|---|"]
     for name in flow.steps:
         rec = state["steps"].get(name)
         if rec:
-            lines.append(f"| {name} | `{os.path.relpath(rec['artifact'], build_dir)}` | `{rec['artifact_sha256'][:16]}…` |")
+            lines.append(f"| {name} | `{rec['artifact']}` ({len(rec['files'])} files) | `{rec['artifact_sha256'][:16]}…` |")
     path = build_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path

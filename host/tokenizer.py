@@ -20,8 +20,14 @@ class Tokenizer:
         path = d / "tokenizer.json"
         if not path.is_file():
             raise FileNotFoundError(f"{d} has no tokenizer.json")
-        self.tok = HFTokenizer.from_file(str(path))
-        cfg = json.loads((d / "config.json").read_text()) if (d / "config.json").is_file() else {}
+        try:
+            self.tok = HFTokenizer.from_file(str(path))
+        except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file
+            raise ValueError(f"{path}: not a valid tokenizer file ({str(e).splitlines()[0][:160]})") from None
+        try:
+            cfg = json.loads((d / "config.json").read_text()) if (d / "config.json").is_file() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{d / 'config.json'}: not valid JSON ({e})") from None
         self.bos_id = cfg.get("bos_token_id", self.tok.token_to_id("<s>"))
         self.eos_id = cfg.get("eos_token_id", self.tok.token_to_id("</s>"))
         self.vocab_size = self.tok.get_vocab_size()

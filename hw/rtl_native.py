@@ -121,13 +121,15 @@ class RtlCore:
     """The Verilated core wrapper on its own: run one :class:`~accllm.sim.core_stream.CoreStream` at a time."""
 
     def __init__(self, lanes: int, group: int, verbose: bool = False):
+        from accllm.hls.csim import cached_library_ok, record_library
+
         w = build_wrapper(lanes, group, verbose)
         lib = _cache() / f"core_L{lanes}_G{group}_{w.key}" / "core.so"
-        if not lib.is_file():
+        if not cached_library_ok(lib):
             tmp = lib.with_suffix(f".{os.getpid()}.tmp")
             _run(["g++", "-shared", "-fPIC", *map(str, w.objects), "-pthread", "-o", str(tmp)],
                  "linking the RTL core library")
-            os.replace(tmp, lib)
+            record_library(tmp, lib)
         self.lanes, self.group = lanes, group
         self.lib = ctypes.CDLL(str(lib))
 

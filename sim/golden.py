@@ -1,4 +1,5 @@
 """Golden model of the engine: the compressed Llama run with the engine's integer arithmetic, token by token.
+(Over 300 lines on purpose: it is the single statement of the engine's arithmetic, read top to bottom.)
 
 The integer work is done by :mod:`accllm.sim.golden_core` (the one statement of the core ops) and the
 quantisers of :mod:`accllm.quant.checkpoint` (the one statement of the Brevitas conventions); the Λ KV cache
@@ -29,11 +30,12 @@ Per token at stream position ``i`` (one program run of the engine):
       x = x + linear(silu(linear_gate(h)) * linear_up(h))      silu(g) = g * (1/(1+exp(-g)))
     logits = lm_head(rmsnorm(x, w_final))
 
-``linear``: ``y[n] = float32(sum_g float64(acc[n, g]) * float64(s_w[n, g])) * s_x``.
+``linear``: ``y[n] = float32(sum_g float64(acc[n, g]) * float64(s_w[n, g])) * s_x`` (``s_w``: the stream's fp16 scales).
 
-The embedding and lm_head (tied) stay fp16 weights with float32 activations and float64 accumulation:
-the embedding is a lookup (no multiply to save), and lm_head is the layer most sensitive to quantisation
-error (kept dense by the compression flow too); at batch 1 it is one matrix-vector product per token.
+The embedding and lm_head (the embedding when tied, else the checkpoint's ``lm_head.weight``) stay fp16
+weights with float32 activations and float64 accumulation: the embedding is a lookup (no multiply to save), and
+lm_head is the layer most sensitive to quantisation error (kept dense by the compression flow too); at batch 1 it
+is one matrix-vector product per token.
 """
 from __future__ import annotations
 
@@ -46,60 +48,12 @@ import torch
 
 from accllm.quant.checkpoint import fake_quant_act, fake_quant_kv
 from accllm.sim import golden_core as core
-from accllm.sim.kv_layout import KVCache, KVLayout
+from accllm.sim.dims import Dims, dims_from  # noqa: F401  (re-exported: the golden model's dimensions)
+from accllm.sim.kv_layout import KVLayout, pack_slots
 
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LINEAR_PARENT = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
                  "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
-
-
-@dataclass(frozen=True)
-class Dims:
-    vocab: int
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    intermediate: int
-    eps: float
-    group: int
-    sinks: int
-    window: int
-    sink_rotation: bool  # "cache" positions: sink keys scored with the query rotated at min(i, S+W-1)
-    sparse: bool
-
-    @property
-    def slots(self) -> int:
-        return self.sinks + self.window
-
-    def linear_shape(self, name: str) -> tuple[int, int]:
-        h, q, kv, i = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate
-        return {"q_proj": (q, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, q),
-                "gate_proj": (i, h), "up_proj": (i, h), "down_proj": (h, i)}[name]
-
-    def kv_layout(self) -> KVLayout:
-        return KVLayout(self.layers, self.kv_heads, self.head_dim, self.sinks, self.window)
-
-    def to_json(self) -> dict:
-        return dict(self.__dict__)
-
-
-def dims_from(config, settings) -> Dims:
-    """Engine dimensions from a HF Llama config and :class:`~accllm.quant.quantize.CompressionSettings`."""
-    if not settings.lambda_attention:
-        raise ValueError("the engine needs a Λ attention policy (sinks + window); this checkpoint was compressed with --no-lambda")
-    if settings.weight_bits != 2 or settings.act_bits != 8 or settings.kv_bits != 4:
-        raise ValueError(f"the engine runs W2A8KV4; this checkpoint is W{settings.weight_bits}A{settings.act_bits}KV{settings.kv_bits}")
-    rope = getattr(config, "rope_parameters", None) or {}
-    if rope.get("rope_type", "default") != "default":
-        raise ValueError(f"RoPE type {rope.get('rope_type')!r} is not supported by the engine (only 'default')")
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return Dims(vocab=config.vocab_size, hidden=config.hidden_size, layers=config.num_hidden_layers,
-                heads=config.num_attention_heads, kv_heads=config.num_key_value_heads, head_dim=head_dim,
-                intermediate=config.intermediate_size, eps=float(config.rms_norm_eps), group=settings.group_size,
-                sinks=settings.sinks, window=settings.window, sink_rotation=settings.positions == "cache",
-                sparse=settings.sparsity == "2:4")
 
 
 def rope_inv_freq(config) -> torch.Tensor:
@@ -112,15 +66,45 @@ def rope_inv_freq(config) -> torch.Tensor:
     return rot.inv_freq.detach().float().clone()
 
 
+class KVCache:
+    """The golden model's Λ cache (:mod:`accllm.sim.kv_layout`): unpacked integer codes, float32 scales,
+    integer zero points."""
+
+    def __init__(self, layout: KVLayout):
+        self.layout = layout
+        shape = (layout.layers, 2, layout.kv_heads, layout.slots)
+        self.codes = torch.zeros(*shape, layout.head_dim, dtype=torch.int64)
+        self.scales = torch.zeros(shape, dtype=torch.float32)
+        self.zeros = torch.zeros(shape, dtype=torch.int64)
+
+    def write(self, layer: int, pos: int, k_codes, k_scale, k_zero, v_codes, v_scale, v_zero) -> int:
+        """Store one token (all KV heads) of ``layer`` in its slot; returns the slot."""
+        s = self.layout.slot_of(pos)
+        for t, (c, sc, z) in enumerate(((k_codes, k_scale, k_zero), (v_codes, v_scale, v_zero))):
+            self.codes[layer, t, :, s] = c
+            self.scales[layer, t, :, s] = sc
+            self.zeros[layer, t, :, s] = z
+        return s
+
+    def packed(self) -> bytes:
+        """The engine's memory image of the cache."""
+        return pack_slots(self.layout, self.codes.numpy(), self.scales.numpy(), self.zeros.numpy())
+
+
 @dataclass
 class LinearInts:
     """One decoder linear in the engine's integer form."""
 
     codes: torch.Tensor  # int64 [N, K] uint2 codes (dense form; pruned weights have code == zero point)
     zeros: torch.Tensor  # int64 [N, K/G]
-    scales: torch.Tensor  # float32 [N, K/G]
+    scales: torch.Tensor  # float32 [N, K/G] holding fp16 values (rounded on construction)
     vals: torch.Tensor | None = None  # 2:4 kept codes [N, K/2]
     pos: torch.Tensor | None = None  # 2:4 positions [N, K/2]
+
+    def __post_init__(self):
+        # The weight stream stores group scales as fp16 (accllm.sim.weight_stream); the engine dequantises with
+        # exactly those, so the golden model does too: round-to-nearest-even from the quantiser's float32.
+        self.scales = torch.as_tensor(self.scales).to(torch.float16).to(torch.float32)
 
 
 @dataclass
@@ -132,6 +116,11 @@ class GoldenWeights:
     inv_freq: torch.Tensor  # float32 [D/2]
     linears: list  # per layer {name: LinearInts}
     extra: dict = field(default_factory=dict)
+    lm_head: torch.Tensor | None = None  # float32 [V, H] (fp16 values) of an untied head; None: tied to embed
+
+    @property
+    def head(self) -> torch.Tensor:
+        return self.embed if self.lm_head is None else self.lm_head
 
 
 def _linear_ints(d: dict, group: int, sparse: bool, name: str) -> LinearInts:
@@ -152,7 +141,7 @@ def _linear_ints(d: dict, group: int, sparse: bool, name: str) -> LinearInts:
 def load_weights(source) -> GoldenWeights:
     """Golden weights from a compressed checkpoint directory (``accllm quantize -o DIR``) or from the
     live Brevitas model returned by :func:`accllm.quant.quantize.compress` / ``load_compressed``."""
-    from accllm.quant.checkpoint import SETTINGS_FILE, WEIGHTS_FILE, integer_linear_weights
+    from accllm.quant.checkpoint import SETTINGS_FILE, WEIGHTS_FILE, integer_linear_weights, verify_checkpoint
     from accllm.quant.quantize import CompressionSettings
 
     if isinstance(source, (str, Path)):
@@ -162,6 +151,7 @@ def load_weights(source) -> GoldenWeights:
         path = Path(source)
         if not (path / SETTINGS_FILE).is_file():
             raise FileNotFoundError(f"{path} is not a compressed checkpoint (no {SETTINGS_FILE}); run `accllm quantize` first")
+        verify_checkpoint(path)
         settings = CompressionSettings.from_json(json.loads((path / SETTINGS_FILE).read_text())["settings"])
         config = LlamaConfig.from_pretrained(path)
         tensors = {k: v.float() for k, v in load_file(str(path / WEIGHTS_FILE)).items() if not k.endswith(
@@ -187,7 +177,7 @@ def load_weights(source) -> GoldenWeights:
         norms.append((tensors[f"model.layers.{i}.input_layernorm.weight"],
                       tensors[f"model.layers.{i}.post_attention_layernorm.weight"]))
     return GoldenWeights(dims, tensors["model.embed_tokens.weight"], norms, tensors["model.norm.weight"],
-                         rope_inv_freq(config), linears)
+                         rope_inv_freq(config), linears, lm_head=tensors.get("lm_head.weight"))
 
 
 # ------------------------------------------------------------------ float units (fixed order)
@@ -273,7 +263,7 @@ class GoldenModel:
             acc = core.sparse_w2a8(a, lin.vals, lin.pos, lin.zeros, self.d.group)
         else:
             acc = core.dense_w2a8(a, lin.codes, lin.zeros, self.d.group)
-        y = _seq_sum(acc.double() * lin.scales.double()) * s.squeeze(-1)
+        y = _seq_sum(acc.double() * lin.scales.double()) * s  # s: [..., 1], a row per token
         return y, a, acc
 
     def attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int, tr: dict):
@@ -318,32 +308,61 @@ class GoldenModel:
 
     @torch.no_grad()
     def step(self, token: int, trace: list | None = None) -> torch.Tensor:
-        """Run one token at the next stream position; returns float32 logits [V]. With ``trace`` (a list),
-        appends one dict of integer tensors per layer (see :func:`trace_fields`)."""
+        """Run one token at the next stream position (decode); returns float32 logits [V]. With ``trace`` (a
+        list), appends one dict of integer tensors per layer (see :func:`trace_fields`)."""
+        return self._run([token], None if trace is None else [trace])
+
+    @torch.no_grad()
+    def prefill(self, tokens, block: int = 32, traces: list | None = None) -> torch.Tensor:
+        """Run ``tokens`` at the next stream positions in the engine's prefill mode: blocks of ``block`` tokens,
+        each one program run that passes over the weights once; returns the last token's logits. The results
+        per token are bit for bit those of :meth:`step` token by token. With ``traces`` (a list), appends one
+        list per token of one dict per layer."""
+        ids = [int(t) for t in tokens]
+        if not ids:
+            raise ValueError("empty prompt: give at least one token")
+        if block < 1:
+            raise ValueError(f"prefill block must be >= 1 token, got {block}")
+        for t0 in range(0, len(ids), block):
+            per_token = None if traces is None else [[] for _ in ids[t0:t0 + block]]
+            logits = self._run(ids[t0:t0 + block], per_token)
+            if traces is not None:
+                traces.extend(per_token)
+        return logits
+
+    def _run(self, ids: list[int], traces: list | None) -> torch.Tensor:
+        """One program run for the block ``ids`` (a row per token) at the next stream positions: every linear
+        multiplies its weights once against the whole block, attention runs token after token (each writes its KV
+        slot, then attends over the occupied slots: causal over the block under the Λ mask). Returns the last
+        token's logits; ``traces`` (a list per token) get one dict per layer."""
         d, w, pos = self.d, self.w, self.pos
-        if not 0 <= token < d.vocab:
-            raise ValueError(f"token id {token} outside the vocabulary [0, {d.vocab})")
-        x = w.embed[token].clone()
+        for token in ids:
+            if not 0 <= token < d.vocab:
+                raise ValueError(f"token id {token} outside the vocabulary [0, {d.vocab})")
+        x = w.embed[torch.tensor(ids)].clone()  # [T, H]
         for i in range(d.layers):
             lin = w.linears[i]
-            tr = {"q_sink_a": torch.zeros(d.heads, d.head_dim, dtype=torch.int64)}
+            trs = [{"q_sink_a": torch.zeros(d.heads, d.head_dim, dtype=torch.int64)} for _ in ids]
+            bt = {}  # block fields, a row per token
             h = rmsnorm(x, w.norms[i][0], d.eps)
-            q, tr["attn_in_a"], tr["q_acc"] = self.linear(h, lin["q_proj"])
-            k, _, tr["k_acc"] = self.linear(h, lin["k_proj"])
-            v, _, tr["v_acc"] = self.linear(h, lin["v_proj"])
-            o = self.attention(i, q, k, v, pos, tr)
-            y, tr["o_in_a"], tr["o_acc"] = self.linear(o, lin["o_proj"])
+            q, bt["attn_in_a"], bt["q_acc"] = self.linear(h, lin["q_proj"])
+            k, _, bt["k_acc"] = self.linear(h, lin["k_proj"])
+            v, _, bt["v_acc"] = self.linear(h, lin["v_proj"])
+            o = torch.stack([self.attention(i, q[t], k[t], v[t], pos + t, trs[t]) for t in range(len(ids))])
+            y, bt["o_in_a"], bt["o_acc"] = self.linear(o, lin["o_proj"])
             x = x + y
             h = rmsnorm(x, w.norms[i][1], d.eps)
-            g, tr["mlp_in_a"], tr["gate_acc"] = self.linear(h, lin["gate_proj"])
-            u, _, tr["up_acc"] = self.linear(h, lin["up_proj"])
-            y, tr["down_in_a"], tr["down_acc"] = self.linear(silu(g) * u, lin["down_proj"])
+            g, bt["mlp_in_a"], bt["gate_acc"] = self.linear(h, lin["gate_proj"])
+            u, _, bt["up_acc"] = self.linear(h, lin["up_proj"])
+            y, bt["down_in_a"], bt["down_acc"] = self.linear(silu(g) * u, lin["down_proj"])
             x = x + y
-            if trace is not None:
-                trace.append(tr)
-        h = rmsnorm(x, w.final_norm, d.eps)
-        self.pos += 1
-        return _seq_sum(h.double() * w.embed.double())
+            if traces is not None:
+                for t, tr in enumerate(trs):
+                    tr.update({name: val[t] for name, val in bt.items()})
+                    traces[t].append(tr)
+        h = rmsnorm(x[-1], w.final_norm, d.eps)
+        self.pos += len(ids)
+        return _seq_sum(h.double() * w.head.double())
 
     def generate(self, prompt: list[int], max_new: int, eos: int | None = None, on_token=None) -> list[int]:
         return greedy(self, prompt, max_new, eos, on_token)
@@ -401,3 +420,38 @@ def brevitas_generate(model, prompt: list[int], max_new: int, eos: int | None = 
             p = torch.tensor([[len(prompt) + i]])
             logits = model(input_ids=torch.tensor([[t]]), position_ids=p, use_cache=False).logits[0, -1].float()
     return out, logits_all
+
+
+def teacher_forced_vs_brevitas(model, golden: "GoldenModel", prompts: list[list[int]], max_new: int,
+                               progress=None) -> dict:
+    """The golden model fed the Brevitas model's own greedy continuation, so both see the same context at every
+    step (float paths that differ by design part at near-ties, and a near-tie flips with the CPU's float kernels;
+    teacher forcing keeps every step comparable). Per step: logit error, and whether the argmaxes agree.
+
+    Returns ``steps``, ``agree`` (argmax equal), ``agreement`` (rate), ``max_abs`` / ``max_rel`` logit error
+    (relative to the step's max |logit|), and ``max_disagree_margin``: the largest Brevitas logit gap between
+    its own top token and the golden model's, over the steps that disagree (a near-tie has a gap within the
+    logit error)."""
+    steps = agree = 0
+    max_abs = max_rel = margin = 0.0
+    for ids in prompts:
+        ref, ref_logits = brevitas_generate(model, ids, max_new)
+        golden.reset()
+        for t in ids:
+            lg = golden.step(t)
+        for i, r in enumerate(ref):
+            lg, rl = lg.float(), ref_logits[i].float()
+            err = float((lg - rl).abs().max())
+            max_abs, max_rel = max(max_abs, err), max(max_rel, err / float(rl.abs().max()))
+            g = int(lg.argmax())
+            steps += 1
+            if g == r:
+                agree += 1
+            else:
+                margin = max(margin, float(rl[r] - rl[g]))
+            if i + 1 < len(ref):
+                lg = golden.step(r)  # the reference token, whatever the golden model chose
+        if progress is not None:
+            progress.update(1)
+    return {"steps": steps, "agree": agree, "agreement": agree / max(steps, 1), "max_abs": max_abs,
+            "max_rel": max_rel, "max_disagree_margin": margin}

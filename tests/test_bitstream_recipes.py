@@ -212,7 +212,11 @@ def check_configs(top: bb.HlsTop):
     args = [s.split(":")[0].split(".", 1)[1] for s in sp]
     banks = [s.split(":", 1)[1] for s in sp]
     assert args == list(top.m_axi) and all(a in top.args for a in args)
-    assert len(set(banks)) == len(banks) and all(re.fullmatch(r"HBM\[\d+\]", b) for b in banks)
+    # one HBM channel per m_axi bundle: arguments of one bundle share it, different bundles never do
+    bank_of = dict(zip(args, banks))
+    assert all(re.fullmatch(r"HBM\[\d+\]", b) for b in banks)
+    assert {b: top.m_axi[a] for a, b in bank_of.items()} == {bank_of[a]: g for a, g in top.m_axi.items()}
+    assert len(set(banks)) == len(set(top.m_axi.values()))
     assert cfg["clock"] == [("freqHz", f"{int(u280.clock_mhz * 1e6)}:{top.name}_1")]
     tcl = bb.hls_tcl(top, u280, [top.source], Path("blackbox.json"))
     assert f"set_top {top.name}\n" in tcl and "add_files -blackbox blackbox.json" in tcl
@@ -271,10 +275,12 @@ def test_recipe_files_from_a_compiled_build(compiled, tmp_path):
     written = bb.generate(compiled, tmp_path / "gen")
     tcl = written["hls.tcl"].read_text()
     top_src = re.search(r"^add_files (\S+) -cflags \"-std=c\+\+14 -I(\S+)\"$", tcl, re.M)
-    assert Path(top_src.group(1)) == (compiled / "hls" / "accllm_top.cpp").resolve()
-    assert (Path(top_src.group(2)) / "parameters.h").is_file()
+    here = tmp_path / "gen"  # the recipe runs in its folder: paths relative to it keep a copied build working
+    assert not Path(top_src.group(1)).is_absolute()
+    assert (here / top_src.group(1)).resolve() == (compiled / "hls" / "accllm_top.cpp").resolve()
+    assert (here / top_src.group(2) / "parameters.h").is_file()
     j = json.loads(written["blackbox.json"].read_text())
-    assert Path(j["c_files"][0]["c_file"]) == (compiled / "hls" / "accllm_core_hls_bb.cpp").resolve()
+    assert (here / j["c_files"][0]["c_file"]).resolve() == (compiled / "hls" / "accllm_core_hls_bb.cpp").resolve()
     assert j["rtl_parameters"]["LANES"] == c.lanes and j["rtl_parameters"]["GROUP"] == c.group
     assert f"-DACCLLM_LANES={c.lanes} -DACCLLM_GROUP={c.group}" in j["c_files"][0]["cflag"]
     assert f"#define ACCLLM_LANES {c.lanes}" in (compiled / "hls" / "parameters.h").read_text()

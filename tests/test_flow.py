@@ -31,6 +31,11 @@ def test_default_flow_is_valid_and_names_every_step():
     ("board: u250\n", r"board: .*unknown board 'u250'; known boards: kv260, u280, zcu104"),
     ("engine: {group_size: 64}\n", r"engine\.group_size \(64\) differs from compression\.group_size \(32\)"),
     ("compression: {weight_bits: 5}\n", r"unsupported weight bit width 5"),
+    # Widths the compression supports but the engine does not run, refused before any step runs.
+    ("compression: {weight_bits: 3}\n", r"compression\.weight_bits is 3: the engine runs W2A8KV4"),
+    ("compression: {kv_bits: 8}\n", r"compression\.kv_bits is 8: the engine runs W2A8KV4"),
+    ("compression: {lambda_attention: false}\n", r"compression\.lambda_attention is false"),
+    ("engine: {lanes: 32}\n", r"engine\.lanes \(32\) and engine\.group_size \(32\): group size 32 must be a multiple of 64"),
     ("- just\n- a list\n", r"a flow file is a mapping"),
 ])
 def test_malformed_flow_files_get_clear_messages(tmp_path, text, message):
@@ -38,6 +43,11 @@ def test_malformed_flow_files_get_clear_messages(tmp_path, text, message):
     with pytest.raises(FlowError, match=message) as e:
         load_flow(path)
     assert str(path) in str(e.value)
+
+
+def test_other_widths_pass_when_the_flow_stops_at_compress(tmp_path):
+    flow = load_flow(_write(tmp_path, "compression: {weight_bits: 3}\nsteps: [compress]\nverify: []\n"))
+    assert flow.compression.weight_bits == 3
 
 
 def test_cli_reports_a_bad_flow_in_one_line(tmp_path, capsys):

@@ -20,41 +20,34 @@ def brevitas(flow):
     return load_compressed(flow[0])
 
 
-def _golden_vs_brevitas(ckpt, brev, prompts, new):
-    from accllm.sim.golden import GoldenModel, brevitas_generate
+def _teacher_forced(ckpt, brev, prompts, new):
+    from accllm.sim.golden import GoldenModel, teacher_forced_vs_brevitas
 
     model, tok, _ = brev
-    g = GoldenModel.load(ckpt)
-    worst, same = 0.0, 0
-    for p in prompts:
-        ids = tok.encode(p)
-        ref, ref_logits = brevitas_generate(model, ids, new)
-        g.reset()
-        for t in ids:
-            lg = g.step(t)
-        out = []
-        for i in range(new):
-            worst = max(worst, float((lg - ref_logits[i]).abs().max()) / float(ref_logits[i].abs().max()))
-            out.append(int(lg.argmax()))
-            if out[-1] != ref[i]:
-                break  # contexts differ from here on: logits are no longer comparable
-            lg = g.step(out[-1])
-        same += out == ref
-    return same, worst
+    return teacher_forced_vs_brevitas(model, GoldenModel.load(ckpt), [tok.encode(p) for p in prompts], new)
 
 
-def test_golden_matches_brevitas_tokens(flow, brevitas):
-    same, rel = _golden_vs_brevitas(flow[0], brevitas, PROMPTS[:4], 12)
-    assert same == 4
-    assert rel < 0.05  # max |logit error| / max |logit|; measured ~0.01 (int8 rounding flips)
+def _check_near_ties_only(r):
+    # Two float paths (Brevitas fake-quant, the engine's integer golden model) differ by design: they may pick
+    # different tokens only where Brevitas's own top-2 gap is within what the logit error can move (2 x max_abs).
+    assert r["max_disagree_margin"] <= 2 * r["max_abs"], r
+
+
+def test_golden_matches_brevitas_teacher_forced(flow, brevitas):
+    r = _teacher_forced(flow[0], brevitas, PROMPTS[:4], 12)
+    # Measured on the bundled QAT checkpoint: 48/48 agree, max_abs 0.16, max_rel 0.019.
+    assert r["steps"] == 48 and r["agreement"] >= 0.95, r
+    assert r["max_rel"] < 0.05 and r["max_abs"] < 0.5, r
+    _check_near_ties_only(r)
 
 
 @pytest.mark.slow
-def test_golden_matches_brevitas_tokens_20_prompts(flow, brevitas):
-    same, rel = _golden_vs_brevitas(flow[0], brevitas, PROMPTS, 20)
-    # Measured 19/20 on the bundled QAT checkpoint: one prompt flips at a near-tie after several tokens.
-    assert same >= len(PROMPTS) - 1
-    assert rel < 0.05
+def test_golden_matches_brevitas_teacher_forced_20_prompts(flow, brevitas):
+    r = _teacher_forced(flow[0], brevitas, PROMPTS, 20)
+    # Measured: 399/400 agree (the one disagreement has a Brevitas top-2 gap of 0.012), max_abs 0.23, max_rel 0.030.
+    assert r["steps"] == 400 and r["agreement"] >= 0.98, r
+    assert r["max_rel"] < 0.05 and r["max_abs"] < 0.5, r
+    _check_near_ties_only(r)
 
 
 def test_golden_from_model_equals_golden_from_checkpoint(flow, brevitas):
