@@ -27,6 +27,8 @@ STEPS: list[Step] = [
          verify="accllm.hls.steps:verify_csim"),
     Step("rtlsim", "accllm.hw.steps:rtlsim", ("evaluation.prompts", "evaluation.max_new_tokens"), ("compile",),
          verify="accllm.hw.steps:verify_rtlsim"),
+    # Yosys synthesis of the engine for the board's configuration; refuses one that does not fit (about a minute).
+    Step("synth", "accllm.hw.steps:synth", ("engine", "board", "model", "compression.sparsity")),
     Step("perf", "accllm.sim.steps:perf", ("engine", "board"), ("compress",)),
     Step("bitstream", "accllm.bitstreams.steps:bitstream", ("board",), ("compile",)),
     Step("deploy", "accllm.host.steps:deploy", ("board",), ("compress", "compile"), uses=("bitstream",)),

@@ -1,4 +1,4 @@
-"""Flow steps owned by hw/: the compiled engine with the RTL core (C/RTL co-simulation), and synthesis of the
+"""Flow steps owned by hw/: the compiled model on the RTL engine (C/RTL co-simulation), and synthesis of the
 RTL with Yosys for the flow's board. Steps: see accllm.quant.steps."""
 from __future__ import annotations
 
@@ -6,35 +6,43 @@ import json
 
 
 def rtlsim(ctx):
-    """The compiled engine with the RTL core (the HLS kernel's blackbox calls run the Verilated
-    ``accllm_core_hls_bb`` wrapper): greedy tokens on the flow's prompts and the core's measured cycles."""
+    """C/RTL co-simulation on the engine: the HLS kernel's linears run on the Verilated ``accllm_engine`` reading
+    the build's ``weights.engine`` from a memory model (latency >= 100 cycles, random stalls), QK/PV on the
+    Verilated single core (accllm.hw.engine_native): greedy tokens on the flow's prompts, engine cycles per token."""
     from accllm.hls.steps import run_prompts
-    from accllm.hw import rtl_native
+    from accllm.hw import engine_native, rtl_native
 
-    sim = rtl_native.rtl_csim(ctx.artifacts["compile"])
+    sim = engine_native.engine_csim(ctx.artifacts["compile"])
+    engine_native.start_log(sim.lib)
     rtl_native.start_log(sim.lib)
     runs, seconds, n = run_prompts(ctx, sim)
-    log = rtl_native.read_log(sim.lib)
-    stats = rtl_native.load_stats(sim.lib)
-    summary = {"runs": runs, "seconds": seconds, "tokens_fed": n, "core_calls": len(log),
-               "core_cycles": sum(r["cycles"] for r in log), "core_beats": sum(r["beats"] for r in log),
-               "core_cycles_per_token": sum(r["cycles"] for r in log) / n, "by_mode": rtl_native.log_by_mode(log),
-               "protocol_errors": stats["protocol_errors"]}
+    log, core_log = engine_native.read_log(sim.lib), rtl_native.read_log(sim.lib)
+    st, core_st = engine_native.stats(sim.lib), rtl_native.load_stats(sim.lib)
+    errors = st["protocol_errors"] + core_st["protocol_errors"]
+    cycles = sum(r["cycles"] for r in log)
+    summary = {"runs": runs, "seconds": seconds, "tokens_fed": n, "memory": engine_native.DEFAULT_MEMORY,
+               "engine": engine_native.engine_params(sim.engine_map), "engine_calls": len(log),
+               "engine_cycles": cycles, "engine_words_read": sum(r["words"] for r in log),
+               "engine_cycles_per_token": cycles / n,
+               "core_qk_pv": {"calls": len(core_log), "cycles_per_token": sum(r["cycles"] for r in core_log) / n,
+                              "by_mode": rtl_native.log_by_mode(core_log)},
+               "protocol_errors": errors}
     path = ctx.step_dir("rtlsim") / "rtlsim.json"
     path.write_text(json.dumps(summary, indent=1))
-    return path, {"tokens_per_s": round(n / seconds, 2), "core_cycles_per_token":
-                  round(summary["core_cycles_per_token"]), "protocol_errors": stats["protocol_errors"]}
+    return path, {"tokens_per_s": round(n / seconds, 2), "engine_cycles_per_token": round(cycles / n),
+                  "protocol_errors": errors}
 
 
 def verify_rtlsim(ctx) -> dict:
-    """No blackbox protocol error, and the same tokens and integers as the golden model (as for csim)."""
+    """No protocol error (engine AXI / stream rules, core blackbox), and the same tokens and integers as the
+    golden model (as for csim)."""
     from accllm.hls.steps import check_with_golden
-    from accllm.hw.rtl_native import rtl_csim
+    from accllm.hw.engine_native import engine_csim
 
     r = json.loads(ctx.artifacts["rtlsim"].read_text())
     if r["protocol_errors"]:
-        raise AssertionError(f"the RTL core broke the blackbox protocol {r['protocol_errors']} times")
-    return {"protocol_errors": 0, **check_with_golden(ctx, r["runs"], rtl_csim, "rtl")}
+        raise AssertionError(f"the RTL engine or core broke its protocol {r['protocol_errors']} times")
+    return {"protocol_errors": 0, **check_with_golden(ctx, r["runs"], engine_csim, "engine")}
 
 
 def synth(ctx):
@@ -43,17 +51,17 @@ def synth(ctx):
     to its bandwidth by the perf model) and checked against the board's capacity: a configuration that does not
     fit stops the flow with accllm.sim.resources.ResourceError. Yosys figures, not Vivado's."""
     from accllm.hw import synth as hw_synth
-    from accllm.sim.boards import get_board
+    from accllm.sim.boards import get_board, load_model_shape
     from accllm.sim.perf import size_engine
-    from accllm.sim.resources import board_config, fits
+    from accllm.sim.resources import board_config, fits, k_max_for
 
     e, board = ctx.flow.engine, get_board(ctx.flow.board)
     cores = size_engine(board, lanes=e.lanes, group=e.group_size,
                         sparse=ctx.flow.compression.sparsity == "2:4").cores
-    config = board_config(board, cores, e.lanes, e.group_size)
+    k_max = k_max_for(load_model_shape(ctx.flow.model), e.sinks + e.window)
+    config = board_config(board, cores, e.lanes, e.group_size, k_max)
     out = ctx.step_dir("synth")
-    designs = [hw_synth.core_design(e.lanes, e.group_size),
-               *hw_synth.engine_designs(e.lanes, e.group_size, (1, config.cores))]
+    designs = [hw_synth.core_design(e.lanes, e.group_size), *hw_synth.slice_designs(config)]
     report = hw_synth.synth_report(designs, out / "work", progress=False)
     if report["errors"]:
         err = report["errors"][0]
