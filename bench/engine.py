@@ -40,26 +40,12 @@ REFERENCES = {  # Llama-2-7B decode on U280, as publicly quoted (DESIGN.md)
 }
 
 
-def pick_cores(model, width: int, channels: int, group: int, lanes: int, wbits: int) -> int:
-    """Cores per channel: at least enough to take a word per cycle; among the next few, the one whose whole-tile
-    split gives channel 0 the fewest words per token (rows split over channels in tiles of ``cores`` rows)."""
-    from accllm.sim.perf_engine import channel_work
-
-    low = ws.cores_to_fill(ws.MODE_SPARSE, wbits, group, lanes, width)
-
-    def words(c):
-        fmt = ws.StreamFormat(wbits, group, lanes, c, width)
-        lins = model.linears()
-        layer = sum(channel_work(ws.MODE_SPARSE, fmt, n, k, channels)[0] for _, n, k in lins)
-        return model.layers * layer + channel_work(ws.MODE_SPARSE, fmt, model.vocab, model.hidden, channels)[0]
-
-    return min(range(low, low + 4), key=lambda c: (words(c), c))
-
-
 def channel_config(board, model, group: int, lanes: int, wbits: int, k_max: int) -> tuple[er.EngineConfig, int, float]:
     """One channel of the board's engine: (config, channels of the board, peak beats per cycle per channel)."""
     width = next((w for w in ws.CHANNEL_BITS if w >= board.port_bits), ws.CHANNEL_BITS[-1])
-    cores = pick_cores(model, width, int(board.mem_ports), group, lanes, wbits)
+    from accllm.sim.perf_engine import pick_cores, token_linears
+
+    cores = pick_cores(token_linears(model), wbits, group, lanes, width, int(board.mem_ports))
     per_channel = board.mem_bandwidth_gbs * 1e9 / board.mem_ports
     rate = min(1.0, per_channel / (width / 8 * board.clock_mhz * 1e6))
     burst = min(64, 4096 // (width // 8))
@@ -187,6 +173,11 @@ def main(argv=None) -> int:
         res["perf_model"] = perf_check(res, json.loads(a.calibration.read_text()), a.model, a.board)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=1))
+    if a.small:  # the perf model's engine timing is fitted on these measurements
+        from accllm.sim.perf_engine import save_timing_data
+
+        src = f"bench/engine.py --small (bundled dims on kv260, Verilated accllm_engine, latency {a.latency} cycles)"
+        print(f"wrote {save_timing_data(res, src)}")
     t = res["token"]
     print(f"{res['model']} on {res['board']} ({res['engine']['channels']} channels x {res['engine']['cores']} cores, "
           f"{res['clock_mhz']} MHz): {t['cycles']} cycles/token, {t['bytes'] / 1e9:.3f} GB/token, "

@@ -28,6 +28,7 @@ from accllm.sim import perf
 from accllm.sim import boards
 from accllm.hw import calibrate
 from accllm.sim import perf_fit
+from accllm.sim.perf_report import resources_or_error
 
 HERE = Path(__file__).resolve().parent
 README_SNIPPET = HERE / "results" / "perf_table.md"  # the table and calibration lines the README quotes
@@ -109,11 +110,12 @@ def run_calibration(out: Path) -> dict:
 def scenario(model: str, board: str, group: int, context: int, prompt: int, sinks: int, window: int,
              timing: perf_fit.CoreTiming, lanes: int = 16) -> dict:
     b = boards.get_board(board)
-    e = perf.size_engine(b, lanes=lanes, group=group, sinks=sinks, window=window)
-    pm = perf.PerfModel(boards.load_model_shape(model), b, e, timing)
+    shape = boards.load_model_shape(model)
+    e = perf.size_engine(b, lanes=lanes, group=group, sinks=sinks, window=window, model=shape)
+    pm = perf.PerfModel(shape, b, e, timing)
     dec, pre = pm.decode(context), pm.prefill(prompt)
     return {"model": model, "board": board, "clock_mhz": b.clock_mhz, "engine": asdict(e),
-            "resources": pm.resources(), "peak_ops_per_s": pm.peak_ops_per_s(),
+            "resources": resources_or_error(pm), "peak_ops_per_s": pm.peak_ops_per_s(),
             "bytes_per_cycle": pm.bytes_per_cycle, "decode": dec, "prefill": pre}
 
 
@@ -196,7 +198,8 @@ def project(out: Path, context: int, prompt: int) -> dict:
     md = [f"Projected decode of Llama-2-7B (2:4 + W2A8KV4, Λ attention with {scen[0]['engine']['sinks']} sinks + "
           f"{scen[0]['engine']['window']} window, context {context}) on an Alveo U280. Produced by `python bench/perf.py` "
           f"(core cycles fitted on RTL simulation, held-out error {cal['held_out_error']['max_abs_rel_error']:.1%}; "
-          "memory efficiency, non-linear unit and hand-off gaps are assumptions; power is assumed, not measured; "
+          "linear bytes from the weight-stream layout, linear cycles fitted on Verilated engine runs; KV memory "
+          "efficiency, non-linear unit and hand-off gaps are assumptions; power is assumed, not measured; "
           "the AccLLM 'bandwidth limit' column uses this model's G=128 bytes/token). No board has run this design.",
           "", table(rows), "", "![roofline](bench/results/roofline.png)", ""]
     README_SNIPPET.parent.mkdir(parents=True, exist_ok=True)

@@ -42,11 +42,12 @@ def core_group(lanes: int, group: int) -> int:
 
 def board_configs(lanes: int, group: int, model: str) -> dict[str, resources.EngineConfig]:
     """Each board's engine for ``model`` (K_MAX its longest reduction, 1,024 cached tokens as bench/perf.py)."""
-    k_max = resources.k_max_for(load_model_shape(model), CACHE_TOKENS)
+    shape = load_model_shape(model)
+    k_max = resources.k_max_for(shape, CACHE_TOKENS)
     out = {}
     for name in BOARDS:
         b = get_board(name)
-        cores = perf.size_engine(b, lanes=lanes, group=group).cores
+        cores = perf.size_engine(b, lanes=lanes, group=group, model=shape).cores
         out[name] = resources.board_config(b, cores, lanes, group, k_max)
     return out
 

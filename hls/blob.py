@@ -11,9 +11,8 @@ of 64-byte-aligned sections listed in the metadata (``sections: {name: {offset, 
     layers.{i}.{linear}.stream     uint8 [bytes]           the linear in the weight stream (accllm.sim.weight_stream,
                                                            KERNEL_STREAM: one core, so one record per row and
                                                            group in row order): DENSE or 2:4 SPARSE records of
-                                                           2-bit codes, zero point, fp16 scale
-    layers.{i}.{linear}.scales     float32 [N, K/G]        group scales as the quantiser made them (the kernel's
-                                                           dequantisation reads these; the stream's are fp16)
+                                                           2-bit codes, zero point, fp16 scale (the only copy
+                                                           of the scales: the kernel dequantises with these)
 """
 from __future__ import annotations
 
@@ -37,10 +36,10 @@ def kernel_stream_format(group: int, lanes: int):
 
 
 def pack_linear_stream(lin, group: int, lanes: int, sparse: bool) -> np.ndarray:
-    """One linear (``accllm.sim.golden.LinearInts``) in the weight stream, scales rounded to fp16."""
+    """One linear (``accllm.sim.golden.LinearInts``, whose scales are fp16 values) in the weight stream."""
     from accllm.sim.weight_stream import pack_linear
 
-    return np.frombuffer(pack_linear(lin, kernel_stream_format(group, lanes), sparse, round_scales=True), np.uint8)
+    return np.frombuffer(pack_linear(lin, kernel_stream_format(group, lanes), sparse), np.uint8)
 
 
 class BlobWriter:

@@ -23,7 +23,9 @@ from accllm.hls import program as prog
 from accllm.hls.project import BLACKBOX_C, BLACKBOX_H, SOURCES
 from accllm.quant.integrity import atomic_write, file_sha256, verify
 
-CXXFLAGS = ["-O2", "-std=c++14", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-w"]
+# -fno-gnu-unique: the static buffers of inline kernel functions stay private to each library, so two builds of
+# different dimensions (or prefill blocks) can be loaded in one process.
+CXXFLAGS = ["-O2", "-std=c++14", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-fno-gnu-unique", "-w"]
 
 
 def ap_types_dir() -> Path:

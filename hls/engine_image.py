@@ -9,9 +9,8 @@ lies and what it costs in bits per weight.
                     offset inside the channel region, rows, K, mode; bytes and bits per dense-equivalent weight
                     per linear and in total), the file's channel offsets, and how the group scales were stored.
 
-Group scales are fp16 in the stream. The quantiser's scales are float32: each is rounded to the nearest fp16
-and the largest relative rounding error is recorded (``scales``); the C-simulation kernel still reads the
-blob's float32 scales.
+Group scales are fp16 in the stream, exactly the golden model's (``accllm.sim.golden.LinearInts`` rounds the
+quantiser's float32 scales to fp16 once); the kernel and the engine dequantise with these.
 """
 from __future__ import annotations
 
@@ -29,12 +28,15 @@ REGION_ALIGN = 4096
 
 
 def engine_format(dims, board, lanes: int, wbits: int = 2) -> tuple[ws.StreamFormat, int]:
-    """The stream format and channel count of a board: one channel per memory port of the board's port width
-    (the smallest format width that holds it), cores enough to take a full word per cycle."""
-    width = next((w for w in ws.CHANNEL_BITS if w >= board.port_bits), ws.CHANNEL_BITS[-1])
-    mode = ws.MODE_SPARSE if dims.sparse else ws.MODE_DENSE
-    cores = ws.cores_to_fill(mode, wbits, dims.group, lanes, width)
-    return ws.StreamFormat(wbits, dims.group, lanes, cores, width), int(board.mem_ports)
+    """The stream format and channel count of a board (accllm.sim.perf_engine.board_format, as the perf model
+    projects it): one channel per memory port of the board's port width, cores per channel picked for this model."""
+    from types import SimpleNamespace
+
+    from accllm.sim.perf_engine import board_format
+
+    model = SimpleNamespace(layers=dims.layers, vocab=dims.vocab, hidden=dims.hidden,
+                            linears=lambda: [(n, *dims.linear_shape(n)) for n in LINEARS])
+    return board_format(board, dims.group, lanes, bool(dims.sparse), wbits, model=model)
 
 
 def write_engine_image(out_dir, weights, board, lanes: int) -> dict:
@@ -47,21 +49,17 @@ def write_engine_image(out_dir, weights, board, lanes: int) -> dict:
     sizes = lay.channel_bytes()
     offsets = np.concatenate([[0], np.cumsum([-(-s // REGION_ALIGN) * REGION_ALIGN for s in sizes])]).astype(int)
     image = bytearray(int(offsets[-1]))
-    worst, inexact = 0.0, 0
     for sec in lay.sections:
         if sec.nbytes == 0:
             continue
         layer, name = sec.name.split(".")[1:]
         lin = weights.linears[int(layer)][name]
         r0, r1 = sec.rows
-        scales = lin.scales[r0:r1].numpy().astype(np.float32)
-        rounded = scales.astype(np.float16).astype(np.float32)
-        rel = np.abs(rounded - scales) / np.maximum(np.abs(scales), np.finfo(np.float32).tiny)
-        worst, inexact = max(worst, float(rel.max(initial=0.0))), inexact + int((rounded != scales).sum())
+        scales = lin.scales[r0:r1].numpy()
         if d.sparse:
-            data = ws.pack_sparse(lin.vals[r0:r1], lin.pos[r0:r1], lin.zeros[r0:r1], rounded, fmt)
+            data = ws.pack_sparse(lin.vals[r0:r1], lin.pos[r0:r1], lin.zeros[r0:r1], scales, fmt)
         else:
-            data = ws.pack_dense(lin.codes[r0:r1], lin.zeros[r0:r1], rounded, fmt)
+            data = ws.pack_dense(lin.codes[r0:r1], lin.zeros[r0:r1], scales, fmt)
         if len(data) != sec.nbytes:  # the layout and the packer are one definition; a difference is a bug
             raise AssertionError(f"{sec.name} channel {sec.channel}: packed {len(data)} bytes, layout says {sec.nbytes}")
         start = int(offsets[sec.channel]) + sec.offset
@@ -69,6 +67,6 @@ def write_engine_image(out_dir, weights, board, lanes: int) -> dict:
     out_dir = Path(out_dir)
     (out_dir / IMAGE_FILE).write_bytes(bytes(image))
     m = dict(lay.to_json(), file=IMAGE_FILE, file_bytes=len(image), channel_offsets=offsets[:-1].tolist(),
-             scales={"stored": "fp16", "rounded_from": "float32", "inexact": inexact, "max_rel_error": worst})
+             scales={"stored": "fp16", "same_as": "golden model"})
     (out_dir / MAP_FILE).write_text(json.dumps(m, indent=1))
     return m

@@ -15,7 +15,8 @@ SOURCES = ("accllm_kernel.h", "accllm_top.cpp", "csim_api.cpp")
 BLACKBOX_H, BLACKBOX_C = "accllm_core_hls_bb.h", "accllm_core_hls_bb.cpp"
 
 
-def parameters_h(d: Dims, lanes: int, trace: dict) -> str:
+def parameters_h(d: Dims, lanes: int, trace: dict, block: int = 1) -> str:
+    """``block``: prefill block T (tokens whose activations the engine holds on chip per weight pass)."""
     max_vec = max(d.hidden, d.heads * d.head_dim, d.intermediate, d.slots)
     # Decimal literals with enough digits to round-trip exactly (hex floats need C++17).
     scaling = "%.9g" % float(np.float32(d.head_dim ** -0.5))
@@ -41,6 +42,7 @@ struct engine_cfg : accllm::engine_config {{
     static const unsigned slots = {d.slots};
     static const bool sink_rotation = {str(d.sink_rotation).lower()};
     static const unsigned max_vec = {max_vec};
+    static const unsigned block = {block};  // prefill block T: on-chip vectors NUM_BUFS x T x max_vec float32 + T x max_vec int8
     static const unsigned trace_size = {trace['_size']};
     static constexpr double eps = {'%.17g' % d.eps};
     static constexpr float scaling = {scaling}f;
@@ -55,7 +57,7 @@ def write_project(out: Path, d: Dims, engine: dict, trace: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for name in SOURCES + (BLACKBOX_H, BLACKBOX_C):
         shutil.copyfile(TEMPLATES / name, out / name)
-    (out / "parameters.h").write_text(parameters_h(d, engine["lanes"], trace))
+    (out / "parameters.h").write_text(parameters_h(d, engine["lanes"], trace, engine.get("prefill_block", 1)))
     # Synthesis needs the RTL core as a blackbox: the Tcl comes from accllm.bitstreams.build (bitstreams/).
     (out / "hls_target.tcl").write_text(
         f"set_part {{{engine['part']}}}\ncreate_clock -period {engine['clock_ns']} -name default\n")

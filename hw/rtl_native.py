@@ -2,9 +2,10 @@
 ``accllm_core``) Verilated to C++ and driven by ``hw/cpp/accllm_core_hls_bb_verilated.cpp``, which implements
 the kernel's ``accllm_core_hls_bb()`` call cycle by cycle.
 
-Two uses: linked into the engine kernel it makes a C/RTL co-simulation (:func:`rtl_csim`, the ``rtl`` runtime
-backend); on its own (:class:`RtlCore`) it runs single core operations and
-reports their cycle counts, which is what ``accllm.sim.perf`` is calibrated on. No cocotb or VPI is involved,
+Uses: linked into the kernel for every core call it makes the single-core C/RTL co-simulation (:func:`rtl_csim`:
+the ``rtl`` runtime backend and the core calibration of accllm.hw.calibrate); linked beside the Verilated engine
+(accllm.hw.engine_native, the ``rtlsim`` step) it runs the kernel's QK/PV calls; on its own (:class:`RtlCore`) it
+runs single core operations and reports their cycle counts, which ``accllm.sim.perf`` is calibrated on. No cocotb or VPI is involved,
 so it runs at native speed. Builds are cached under ``$ACCLLM_CACHE/rtl`` keyed by the sources and parameters.
 """
 from __future__ import annotations

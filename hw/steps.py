@@ -56,9 +56,10 @@ def synth(ctx):
     from accllm.sim.resources import board_config, fits, k_max_for
 
     e, board = ctx.flow.engine, get_board(ctx.flow.board)
+    shape = load_model_shape(ctx.flow.model)
     cores = size_engine(board, lanes=e.lanes, group=e.group_size,
-                        sparse=ctx.flow.compression.sparsity == "2:4").cores
-    k_max = k_max_for(load_model_shape(ctx.flow.model), e.sinks + e.window)
+                        sparse=ctx.flow.compression.sparsity == "2:4", model=shape).cores
+    k_max = k_max_for(shape, e.sinks + e.window)
     config = board_config(board, cores, e.lanes, e.group_size, k_max)
     out = ctx.step_dir("synth")
     designs = [hw_synth.core_design(e.lanes, e.group_size), *hw_synth.slice_designs(config)]

@@ -8,9 +8,14 @@ What is measured and what is assumed:
   costs (``bench/perf.py --calibrate`` writes ``data/perf_calibration.json``; the beat and packet counts are
   those of ``accllm.sim.core_stream``). It is checked on held-out shapes, other LANES/GROUP builds, and every
   core call of the bundled model's engine running with the RTL core.
-- Everything around the core is a stated assumption (:class:`Engine` fields): how many cores run in parallel,
-  how the weights are packed in memory, the memory efficiency, the vector unit for the non-linear work and a
-  fixed hand-off gap between dependent operations. None of it is calibrated, and no board has run it.
+  That core timing is used for QK and PV (the kernel's single core).
+- Linears run on the engine (hw/rtl/accllm_engine.sv): their bytes are the weight-stream layout's
+  (:func:`accllm.sim.weight_stream.layout_linears`, the compiler's blob map uses the same function), their
+  cycles the engine fit of :mod:`accllm.sim.perf_engine` (memory efficiency and per-operation overhead measured
+  on Verilated engine runs), on the board's engine format (:func:`accllm.sim.perf_engine.board_format`).
+- Everything else is a stated assumption (:class:`Engine` fields): the memory efficiency of the KV and vector
+  traffic, the vector unit for the non-linear work and a fixed hand-off gap between dependent operations. None of
+  it is calibrated, and no board has run it.
 
 Decode at batch 1 overlaps each operation's memory reads with its compute, so an operation takes
 ``max(compute, memory)`` cycles; the bandwidth limit of a board is ``bandwidth / bytes read per token``.
@@ -20,6 +25,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
+from accllm.sim import perf_engine as pe
+from accllm.sim import weight_stream as ws
 from accllm.sim.boards import Board, ModelShape
 from accllm.sim.perf_fit import CoreTiming
 
@@ -36,9 +43,6 @@ class Engine:
     sparse: bool = True            # decoder linears run 2:4 (SPARSE mode); else DENSE
     lm_head: str = "dense"         # the LM head as a W2 linear in DENSE ("dense") or SPARSE ("sparse") mode
     weight_bits: int = 2
-    pos_bits: int = 2              # 2:4 position of a kept weight
-    w_scale_bits: int = 16         # fp16 scale per (row, group)
-    w_zero_bits: int = 2           # zero point per (row, group)
     kv_bits: int = 4
     kv_scale_bits: int = 16        # fp16 scale per (token, head), K and V each
     kv_zero_bits: int = 4
@@ -47,6 +51,7 @@ class Engine:
     mem_efficiency: float = 0.9    # assumed fraction of peak bandwidth that long sequential bursts reach
     vector_lanes: int = 64         # elements per cycle of the non-linear unit (norm, RoPE, softmax, SiLU, quantise)
     op_gap: int = 64               # assumed cycles of hand-off between dependent operations
+    prefill_block: int = 32        # prefill: prompt tokens multiplied per weight pass (activations held on chip)
 
     def validate(self) -> "Engine":
         from .core_stream import check_lanes
@@ -57,6 +62,8 @@ class Engine:
                              f"(the core closes a group on a whole number of SPARSE beats)")
         if self.cores < 1:
             raise ValueError(f"cores must be >= 1, got {self.cores}")
+        if self.prefill_block < 1:
+            raise ValueError(f"prefill block must be >= 1 token, got {self.prefill_block}")
         if self.lm_head not in ("dense", "sparse"):
             raise ValueError(f"lm_head must be 'dense' or 'sparse', got {self.lm_head!r}")
         return self
@@ -65,10 +72,6 @@ class Engine:
     def cache_tokens(self) -> int:
         return self.sinks + self.window
 
-    def weight_bits_per_param(self, sparse: bool) -> float:
-        """Bits read from memory per original weight (codes, positions, per-group scale and zero point)."""
-        per_group = (self.w_scale_bits + self.w_zero_bits) / self.group
-        return (self.weight_bits + self.pos_bits) / 2 + per_group if sparse else self.weight_bits + per_group
 
     def kv_bytes_per_token(self, m: ModelShape) -> float:
         """Bytes of K and V of one cached token in one layer (codes and per-head scale and zero point)."""
@@ -117,9 +120,23 @@ class PerfModel:
     board: Board
     engine: Engine
     timing: CoreTiming
+    engine_timing: pe.EngineTiming | None = None  # default: fitted on the stored engine runs (perf_engine.load_timing)
 
     def __post_init__(self):
-        self.engine.validate()
+        e = self.engine.validate()
+        # the engine's format on this board, with the engine's cores spread over the board's channels
+        self.fmt, self.channels = pe.board_format(self.board, e.group, e.lanes, e.sparse, e.weight_bits)
+        self.fmt = replace(self.fmt, cores=max(1, e.cores // self.channels))
+        self.rate = pe.channel_rate(self.board, self.fmt.channel_bits)
+        self.engine_timing = self.engine_timing or pe.load_timing()
+
+    def linear_layout(self, lm_head: bool = False) -> ws.Layout:
+        """The decoder linears (and the LM head) in the engine's weight stream on this board."""
+        return ws.layout(self.model, self.fmt, self.channels, self.engine.sparse, lm_head)
+
+    def weight_bits_per_weight(self) -> float:
+        """Bits read from memory per dense-equivalent decoder linear weight (the layout's)."""
+        return self.linear_layout().bits_per_weight()
 
     # -- building blocks
     @property
@@ -143,8 +160,14 @@ class PerfModel:
         e = self.engine
         if k % e.group:
             raise ValueError(f"{layer}.{name}: input size {k} is not a multiple of the group {e.group}")
-        nbytes = n * k * e.weight_bits_per_param(sparse) / 8
-        return self.core_op(layer, name, "sparse" if sparse else "dense", tokens, nbytes, n * k, n=n, k=k)
+        mode = ws.MODE_SPARSE if sparse else ws.MODE_DENSE
+        nbytes = ws.layout_linears([(name, n, k)], self.fmt, self.channels, sparse).nbytes()
+        words, beats = pe.channel_work(mode, self.fmt, n, k, self.channels)  # channel 0, the largest share
+        t = self.engine_timing
+        memory, compute = words / (self.rate * t.eff), tokens * beats
+        kind = "sparse" if sparse else "dense"
+        return OpCost(layer, name, kind, n * k * tokens, beats * tokens, n * tokens, compute, nbytes, memory,
+                      max(memory, compute) + t.overhead)
 
     def vector(self, layer: str, name: str, elements: int, bytes_: float = 0.0) -> OpCost:
         """Non-linear work in the HLS kernel (not calibrated: ``vector_lanes`` elements per cycle)."""
@@ -191,10 +214,22 @@ class PerfModel:
         return self._summary("decode", ops, tokens=1, context=context, keys=t)
 
     def prefill(self, prompt: int) -> dict:
-        """The prompt's tokens through every layer (weights held on chip per operation, reused by all tokens)."""
-        keys = [min(i + 1, self.engine.cache_tokens) for i in range(prompt)]
-        ops = [op for i in range(self.model.layers) for op in self.layer_ops(i, prompt, keys)] + self.head_ops(1)  # only the last position's logits are needed
-        return self._summary("prefill", ops, tokens=prompt, context=0, keys=max(keys))
+        """The prompt in blocks of ``engine.prefill_block`` (T) tokens: per block every linear streams its weights
+        once against the block's activation vectors held on chip, so the weights are read ``ceil(prompt / T)``
+        times; attention runs per token over its Λ keys; one LM head (the last token's logits). ``seconds`` is
+        the time to first token."""
+        if prompt < 1:
+            raise ValueError(f"prompt must be >= 1 token, got {prompt}")
+        e, m = self.engine, self.model
+        ops = []
+        for b0 in range(0, prompt, e.prefill_block):
+            keys = [min(i + 1, e.cache_tokens) for i in range(b0, min(b0 + e.prefill_block, prompt))]
+            ops += [op for i in range(m.layers) for op in self.layer_ops(i, len(keys), keys)]
+        ops += self.head_ops(1)
+        out = self._summary("prefill", ops, tokens=prompt, context=0, keys=min(prompt, e.cache_tokens))
+        out.update(block=e.prefill_block, weight_passes=-(-prompt // e.prefill_block),
+                   time_to_first_token_s=out["seconds"], block_buffer_bytes=prefill_buffer_bytes(m, e))
+        return out
 
     def _summary(self, phase: str, ops: list[OpCost], tokens: int, context: int, keys: int) -> dict:
         f = self.board.clock_mhz * 1e6
@@ -231,8 +266,9 @@ class PerfModel:
     def footprint_bytes(self) -> float:
         """Bytes the model needs in external memory: weights (as read by decode) plus a full Λ KV cache."""
         m, e = self.model, self.engine
-        weights = m.linear_params() * e.weight_bits_per_param(e.sparse) / 8
-        weights += m.vocab * m.hidden * (e.weight_bits_per_param(e.lm_head == "sparse") / 8 + (0 if m.tied else 2))
+        weights = self.linear_layout().nbytes()
+        head = ws.layout_linears([("lm_head", m.vocab, m.hidden)], self.fmt, self.channels, e.lm_head == "sparse")
+        weights += head.nbytes() + (0 if m.tied else 2 * m.vocab * m.hidden)
         return weights + m.layers * e.cache_tokens * e.kv_bytes_per_token(m)
 
     # -- peaks and resources
@@ -242,7 +278,21 @@ class PerfModel:
         return per_cycle * self.board.clock_mhz * 1e6
 
     def resources(self) -> dict:
-        return estimate_resources(self.engine, self.board)
+        """Device use of the engine from the Yosys results (accllm.sim.resources), plus the HLS kernel's assumed
+        share (:data:`KERNEL_RESERVE`, not synthesised); raises ``ResourceError`` when it does not fit."""
+        from accllm.sim.resources import board_config, fits, k_max_for
+
+        e = self.engine
+        config = board_config(self.board, e.cores, e.lanes, e.group, k_max_for(self.model, e.cache_tokens))
+        return fits(self.board, config, reserve=KERNEL_RESERVE)
+
+
+def prefill_buffer_bytes(m: ModelShape, e: Engine) -> int:
+    """On-chip activation storage of a prefill block of T tokens as the kernel declares it (grows linearly with
+    T): per token, nine float32 vector buffers of max_vec elements and the int8 activation codes (held twice:
+    ap_int and plain int8)."""
+    max_vec = max(m.hidden, m.heads * m.head_dim, m.intermediate, e.cache_tokens)
+    return e.prefill_block * max_vec * (9 * 4 + 2)
 
 
 def _add(a: OpCost, b: OpCost) -> OpCost:
@@ -251,36 +301,20 @@ def _add(a: OpCost, b: OpCost) -> OpCost:
                   a.cycles + b.cycles)
 
 
-# Resource coefficients: DSPs follow the RTL (accllm_dot2 packs two products in one DSP48E2); the LUT / FF /
-# BRAM figures are assumptions for an order-of-magnitude check, not synthesis results.
-LUT_PER_LANE, FF_PER_LANE, LUT_PER_CORE = 40, 60, 300
-KERNEL_LUT, KERNEL_FF, KERNEL_DSP, KERNEL_BRAM = 60_000, 90_000, 120, 40   # non-linear + dequant units, control
-PORT_LUT, PORT_FF, PORT_BRAM = 2_500, 4_000, 8                           # one m_axi read port with burst buffers
-
-
-def estimate_resources(engine: Engine, board: Board) -> dict:
-    """Estimated device use of the engine (an estimate: see the coefficients above; no synthesis was run)."""
-    ports = board.mem_ports
-    lanes = engine.cores * engine.lanes
-    use = {"dsp": engine.cores * engine.lanes // 2 + KERNEL_DSP,
-           "lut": lanes * LUT_PER_LANE + engine.cores * LUT_PER_CORE + KERNEL_LUT + ports * PORT_LUT,
-           "ff": lanes * FF_PER_LANE + KERNEL_FF + ports * PORT_FF,
-           "bram36": KERNEL_BRAM + ports * PORT_BRAM + engine.cores}
-    avail = board.resources
-    return {"estimate": True, "used": use,
-            "available": {k: avail[k] for k in use},
-            "fraction": {k: use[k] / avail[k] for k in use}}
+# The HLS control kernel around the engine (non-linear units, dequantisation, program interpreter) is not
+# synthesised by the open flow: an assumed reserve, added to the engine's Yosys figures.
+KERNEL_RESERVE = {"lut": 60_000, "ff": 90_000, "dsp": 120, "bram36": 40}
 
 
 def size_engine(board: Board, lanes: int = 16, group: int = 32, sparse: bool = True, dsp_fraction: float = 0.7,
-                **kw) -> Engine:
-    """An engine whose cores consume weights as fast as the board's memory delivers them, within
+                model: ModelShape | None = None, **kw) -> Engine:
+    """An engine whose cores consume weights as fast as the board's memory delivers them (per channel: the cores
+    of :func:`accllm.sim.perf_engine.board_format`, picked for ``model`` when given, as the compiler does), within
     ``dsp_fraction`` of the board's DSPs."""
     e = Engine(lanes=lanes, group=group, sparse=sparse, **kw)
-    bytes_per_core = 2 * lanes * e.weight_bits_per_param(sparse) / 8 if sparse else lanes * e.weight_bits_per_param(False) / 8
-    need = math.ceil(board.bytes_per_cycle * e.mem_efficiency / bytes_per_core)
-    cap = max(1, int(dsp_fraction * board.resources["dsp"]) // (lanes // 2))
-    return replace(e, cores=max(1, min(need, cap))).validate()
+    fmt, channels = pe.board_format(board, group, lanes, sparse, e.weight_bits, model=model)  # cores per channel
+    cap = max(1, int(dsp_fraction * board.resources["dsp"]) // (lanes // 2)) // channels
+    return replace(e, cores=channels * max(1, min(fmt.cores, cap))).validate()
 
 
 def engine_dict(e: Engine) -> dict:

@@ -10,12 +10,20 @@ pipeline fill and drain). An operation takes
 where ``words`` is channel 0's section (the largest share, whole tiles per channel) and ``core_beats`` the beats
 its cores need (super-records x beats per record): the engine waits on memory or on its cores, whichever is
 slower. Nothing else is assumed; the clock is the board's stated kernel clock.
+
+The measured operations the fit is made from live in ``data/engine_timing.json`` (``bench/engine.py --small``
+writes them); :func:`load_timing` fits them. The engine's format on a board (:func:`board_format`) is the
+compiler's (accllm.hls.engine_image) and the perf model's (accllm.sim.perf).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from . import weight_stream as ws
+
+TIMING_FILE = Path(__file__).resolve().parent / "data" / "engine_timing.json"
 
 
 @dataclass(frozen=True)
@@ -64,3 +72,58 @@ def token_cycles(model, fmt: ws.StreamFormat, channels: int, rate: float, t: Eng
     layer = sum(per.values())
     head = op_cycles(*channel_work(mode, fmt, model.vocab, model.hidden, channels), rate, t) if lm_head else 0.0
     return {"per_linear": per, "layer": layer, "lm_head": head, "token": model.layers * layer + head}
+
+
+def token_linears(model, lm_head: bool = True) -> list[tuple[int, int]]:
+    """(rows, K) of every linear one decode token runs on the engine (``model``: ``ModelShape`` or ``Dims``-like
+    with ``layers`` and ``linears()``)."""
+    lins = [(n, k) for _, n, k in model.linears()] * model.layers
+    return lins + ([(model.vocab, model.hidden)] if lm_head else [])
+
+
+def pick_cores(linears, wbits: int, group: int, lanes: int, width: int, channels: int, sparse: bool = True) -> int:
+    """Cores per channel: at least enough to take a word per cycle (:func:`~accllm.sim.weight_stream.cores_to_fill`);
+    among the next few, the one whose whole-tile split gives channel 0 the fewest words over ``linears``
+    [(rows, K), ...] (rows split over channels in tiles of ``cores`` rows)."""
+    mode = ws.MODE_SPARSE if sparse else ws.MODE_DENSE
+    low = ws.cores_to_fill(mode, wbits, group, lanes, width)
+
+    def words(c):
+        fmt = ws.StreamFormat(wbits, group, lanes, c, width)
+        return sum(channel_work(mode, fmt, n, k, channels)[0] for n, k in linears)
+
+    return min(range(low, low + 4), key=lambda c: (words(c), c))
+
+
+def board_format(board, group: int, lanes: int, sparse: bool, wbits: int = 2, cores: int | None = None,
+                 model=None) -> tuple[ws.StreamFormat, int]:
+    """The weight-stream format and channel count of the engine on ``board``: one channel per memory port, the
+    smallest channel width that holds the port, ``cores`` per channel (default: :func:`pick_cores` over
+    ``model``'s decode token when given, else just enough to take a full word per cycle)."""
+    width = next((w for w in ws.CHANNEL_BITS if w >= board.port_bits), ws.CHANNEL_BITS[-1])
+    mode = ws.MODE_SPARSE if sparse else ws.MODE_DENSE
+    channels = int(board.mem_ports)
+    if not cores:
+        cores = (pick_cores(token_linears(model), wbits, group, lanes, width, channels, sparse) if model is not None
+                 else ws.cores_to_fill(mode, wbits, group, lanes, width))
+    return ws.StreamFormat(wbits, group, lanes, cores, width), channels
+
+
+def channel_rate(board, channel_bits: int) -> float:
+    """Peak full-width words per kernel cycle of one channel: its share of the board's bandwidth (at most 1)."""
+    per_channel = board.mem_bandwidth_gbs * 1e9 / board.mem_ports
+    return min(1.0, per_channel / (channel_bits / 8 * board.clock_mhz * 1e6))
+
+
+def save_timing_data(bench: dict, source: str, path: Path = TIMING_FILE) -> Path:
+    """Keep a ``bench/engine.py`` run's measured operations (words, cycles) and peak rate for :func:`load_timing`."""
+    ops = [{k: o[k] for k in ("name", "k", "rows_channel0", "words", "cycles")} for o in bench["simulated"]["operations"]]
+    path.write_text(json.dumps({"source": source, "beats_per_cycle_peak": bench["memory_model"]["beats_per_cycle_peak"],
+                                "latency_cycles": bench["memory_model"]["latency_cycles"], "operations": ops}, indent=1))
+    return path
+
+
+def load_timing(path: Path = TIMING_FILE) -> EngineTiming:
+    """The engine timing fitted on the stored measured operations."""
+    d = json.loads(Path(path).read_text())
+    return fit_timing(d["operations"], d["beats_per_cycle_peak"], d["source"])

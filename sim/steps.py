@@ -40,7 +40,9 @@ def verify_compress(ctx) -> dict:
 
 
 def perf(ctx):
-    """Projected decode/prefill figures of this model on the flow's board (core cycles calibrated on RTL)."""
+    """Projected decode/prefill figures of this model on the flow's board: linear bytes from the weight-stream
+    layout, linear cycles from the engine fit, QK/PV from the core calibration; the engine's device use from the
+    Yosys results (accllm.sim.resources), refusing a configuration that does not fit the board."""
     from accllm.sim.boards import get_board, load_model_shape
     from accllm.sim.perf import PerfModel, size_engine
     from accllm.sim.perf_fit import load_calibration
@@ -48,11 +50,13 @@ def perf(ctx):
     e, board = ctx.flow.engine, get_board(ctx.flow.board)
     shape = load_model_shape(str(ctx.artifacts["compress"]))
     engine = size_engine(board, lanes=e.lanes, group=e.group_size, sparse=ctx.flow.compression.sparsity == "2:4",
-                         sinks=e.sinks, window=e.window)
+                         sinks=e.sinks, window=e.window, model=shape)
     pm = PerfModel(shape, board, engine, load_calibration()[0])
     context = 4 * (e.sinks + e.window)
     result = {"board": board.name, "engine": asdict(engine), "decode": pm.decode(context), "prefill": pm.prefill(128),
-              "resources_estimate": pm.resources()}
+              "layout": {"bits_per_weight": pm.weight_bits_per_weight(), "channels": pm.channels,
+                         "format": pm.fmt.to_json()}, "engine_timing": pm.engine_timing.to_json(),
+              "resources": pm.resources()}
     path = ctx.step_dir("perf") / "perf.json"
     path.write_text(json.dumps(result, indent=1, default=str))
     return path, {"decode_tokens_per_s": result["decode"].get("tokens_per_s")}

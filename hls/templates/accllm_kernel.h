@@ -125,8 +125,8 @@ template <class CFG> void check_core_build() {
 
 // The weight stream (accllm.sim.weight_stream, one core: record (row, g) at bit (row * K/G + g) * R, fields LSB
 // first): DENSE  [scale fp16 | zero 2b | G codes 2b];  SPARSE  [scale fp16 | zero 2b | G/2 kept codes 2b | G/4
-// pattern indices 3b]. The kernel's core takes W2 B beats (accllm.sim.core_stream); the scales it uses are the
-// blob's float32 ones.
+// pattern indices 3b]. The kernel's core takes W2 B beats (accllm.sim.core_stream); dequantisation uses the
+// records' fp16 scales (the only copy of the scales).
 static const uint8_t WS_PATTERNS[6][2] = {{0, 1}, {0, 2}, {0, 3}, {1, 2}, {1, 3}, {2, 3}};
 
 inline unsigned ws_field(const uint8_t *p, size_t bit, unsigned width) {  // width <= 24
@@ -137,6 +137,24 @@ inline unsigned ws_field(const uint8_t *p, size_t bit, unsigned width) {  // wid
     return (v >> shift) & ((1u << width) - 1);
 }
 
+inline size_t ws_record_bits(unsigned mode, unsigned group) {
+    return mode == MODE_SPARSE ? 16 + 2 + group + 3 * group / 4 : 16 + 2 + 2 * group;
+}
+
+// Bytes of one linear's weight stream (n rows of k / group records).
+inline uint64_t ws_linear_bytes(unsigned mode, unsigned group, unsigned n, unsigned k) {
+    return ((uint64_t)n * (k / group) * ws_record_bits(mode, group) + 7) / 8;
+}
+
+// Weight bytes the kernel read from the blob since the counter was last cleared (C-simulation only; read through
+// accllm_csim_weight_bytes): what prefill's block mode saves is measured, not computed.
+inline uint64_t &weight_bytes_read() { static uint64_t n = 0; return n; }
+inline void count_weight_bytes(uint64_t n) {
+#ifndef __SYNTHESIS__
+    weight_bytes_read() += n;
+#endif
+}
+
 // W2 linear: A = the activation chunk (L inputs dense, 2L sparse) re-sent for every row, B = beats unpacked from
 // the linear's weight-stream records.
 template <class CFG> void feed_linear(const typename CFG::act_t *a, const uint8_t *stream, unsigned n, unsigned k,
@@ -145,7 +163,7 @@ template <class CFG> void feed_linear(const typename CFG::act_t *a, const uint8_
     const bool sparse = mode == MODE_SPARSE;
     const unsigned per_beat = sparse ? 2 * L : L;
     const unsigned row_beats = k / per_beat, group_beats = G / per_beat, groups = k / G;
-    const size_t rec_bits = sparse ? HEAD + G * WB / 2 + 3 * G / 4 : HEAD + G * WB;
+    const size_t rec_bits = ws_record_bits(mode, G);
     accllm_a_t a_words[CFG::max_vec / CFG::lanes];  // the row's A beats, packed once and re-sent for every row
     uint8_t ab[2 * CFG::lanes], bb[CFG::lanes];
     for (unsigned c = 0; c < row_beats; c++) {
@@ -175,24 +193,26 @@ template <class CFG> void feed_linear(const typename CFG::act_t *a, const uint8_
     }
 }
 
-// Group-wise dequantisation: y[n] = float32(sum_g double(acc[n,g]) * double(s_w[n,g])) * s_x.
-template <class CFG> void dequant(hls::stream<accllm_acc_t> &in, const uint8_t *scales, float sx, float *y,
-                                  unsigned n, unsigned groups, int32_t *tr_acc) {
+// Group-wise dequantisation with the records' fp16 scales: y[n] = float32(sum_g double(acc[n,g]) * double(s_w[n,g])) * s_x.
+inline double dequant_term(int32_t acc, unsigned scale_fp16) { return (double)acc * (double)half_to_float(scale_fp16); }
+
+template <class CFG> void dequant(hls::stream<accllm_acc_t> &in, const uint8_t *stream, unsigned mode, float sx,
+                                  float *y, unsigned n, unsigned groups, int32_t *tr_acc) {
+    const size_t rec_bits = ws_record_bits(mode, CFG::group);
     for (unsigned row = 0; row < n; row++) {
         double sum = 0.0;
         for (unsigned g = 0; g < groups; g++) {
 #pragma HLS PIPELINE II = 1
             const int32_t acc = accllm_acc_value(in.read());
             if (tr_acc) tr_acc[row * groups + g] = acc;
-            sum += (double)acc * (double)rd_f32(scales + 4 * ((size_t)row * groups + g));
+            sum += dequant_term(acc, ws_field(stream, ((size_t)row * groups + g) * rec_bits, 16));
         }
         y[row] = (float)sum * sx;
     }
 }
 
 template <class CFG> void linear_dataflow(const typename CFG::act_t *a, float sx, const uint8_t *stream,
-                                          const uint8_t *scales, float *y, unsigned n, unsigned k, unsigned mode,
-                                          int32_t *tr_acc) {
+                                          float *y, unsigned n, unsigned k, unsigned mode, int32_t *tr_acc) {
 #pragma HLS DATAFLOW
     check_core_build<CFG>();
     hls::stream<accllm_a_t> as("a_beats");
@@ -203,15 +223,112 @@ template <class CFG> void linear_dataflow(const typename CFG::act_t *a, float sx
 #pragma HLS STREAM variable = accs depth = 4
     feed_linear<CFG>(a, stream, n, k, mode, as, bs);
     accllm_core_hls_bb(as, bs, accs, mode, n * (k / CFG::group));
-    dequant<CFG>(accs, scales, sx, y, n, k / CFG::group, tr_acc);
+    dequant<CFG>(accs, stream, mode, sx, y, n, k / CFG::group, tr_acc);
 }
 
-template <class CFG> void linear(const float *x, float *y, const uint8_t *stream, const uint8_t *scales, unsigned n,
+#ifdef ACCLLM_ENGINE_LINEAR
+// C/RTL co-simulation seam (accllm.hw.engine_native): linear ``linear`` of the engine image runs on the Verilated
+// multi-channel engine, which reads its sections from modelled memory and returns, per row and group, the
+// accumulator and the fp16 scale of the record it closed.
+extern "C" void accllm_engine_linear(unsigned linear, unsigned mode, const int8_t *a, unsigned k, unsigned n,
+                                     int32_t *acc, uint16_t *scale);
+
+template <class CFG> void linear_on_engine(const typename CFG::act_t *a, float sx, unsigned linear, float *y,
+                                           unsigned n, unsigned k, unsigned mode, int32_t *tr_acc) {
+    const unsigned groups = k / CFG::group;
+    static int8_t a8[CFG::max_vec];
+    static int32_t acc[CFG::max_vec * (CFG::max_vec / CFG::group)];
+    static uint16_t sc[CFG::max_vec * (CFG::max_vec / CFG::group)];
+    for (unsigned i = 0; i < k; i++) a8[i] = (int8_t)a[i].to_int();
+    accllm_engine_linear(linear, mode, a8, k, n, acc, sc);
+    for (unsigned row = 0; row < n; row++) {
+        double sum = 0.0;
+        for (unsigned g = 0; g < groups; g++) {
+            if (tr_acc) tr_acc[row * groups + g] = acc[row * groups + g];
+            sum += dequant_term(acc[row * groups + g], sc[row * groups + g]);
+        }
+        y[row] = (float)sum * sx;
+    }
+}
+#endif
+
+template <class CFG> void linear(const float *x, float *y, const uint8_t *stream, unsigned linear_index, unsigned n,
                                  unsigned k, unsigned mode, int32_t *tr_act, int32_t *tr_acc) {
     typename CFG::act_t a[CFG::max_vec];
     float sx = act_quant<CFG>(x, k, a);
     if (tr_act) for (unsigned i = 0; i < k; i++) tr_act[i] = a[i].to_int();
-    linear_dataflow<CFG>(a, sx, stream, scales, y, n, k, mode, tr_acc);
+    count_weight_bytes(ws_linear_bytes(mode, CFG::group, n, k));
+#ifdef ACCLLM_ENGINE_LINEAR
+    (void)stream;
+    linear_on_engine<CFG>(a, sx, linear_index, y, n, k, mode, tr_acc);
+#else
+    (void)linear_index;
+    linear_dataflow<CFG>(a, sx, stream, y, n, k, mode, tr_acc);
+#endif
+}
+
+// ---------------------------------------------------------------- prefill: one weight pass for a block of tokens
+
+// Matrix-matrix mode: each weight record is read and decoded once and multiplied against the activation vectors of
+// up to CFG::block tokens held on chip, so a prompt of n tokens streams the weights ceil(n / block) times. The
+// integers are the core's (sum over the group of a * (code - zero)) and the float steps those of linear(), token by
+// token, so a block gives bit for bit the results of running its tokens one at a time.
+template <class CFG> void decode_group(const uint8_t *stream, size_t base, unsigned mode, int8_t *w) {
+    const unsigned G = CFG::group, WB = 2, HEAD = 16 + WB;
+    const int zero = (int)ws_field(stream, base + 16, WB);
+    for (unsigned i = 0; i < G; i++) w[i] = 0;
+    if (mode == MODE_SPARSE) {  // kept code j sits at input 4 * (j / 2) + pattern[j / 2][j % 2] of the group
+        for (unsigned j = 0; j < G / 2; j++) {
+            const unsigned pat = ws_field(stream, base + HEAD + G * WB / 2 + 3 * (j / 2), 3);
+            w[4 * (j / 2) + WS_PATTERNS[pat < 6 ? pat : 5][j % 2]] += (int)ws_field(stream, base + HEAD + j * WB, WB) - zero;
+        }
+    } else {
+        for (unsigned i = 0; i < G; i++) w[i] = (int)ws_field(stream, base + HEAD + i * WB, WB) - zero;
+    }
+}
+
+template <class CFG> void linear_block(float (*x)[CFG::max_vec], float (*y)[CFG::max_vec], unsigned nt,
+                                       const uint8_t *stream, unsigned linear_index, unsigned n, unsigned k,
+                                       unsigned mode, int32_t *tr_act, int32_t *tr_acc, size_t tr_stride) {
+    static typename CFG::act_t a[CFG::block][CFG::max_vec];
+    static int8_t a8[CFG::block][CFG::max_vec];
+    float sx[CFG::block];
+    for (unsigned t = 0; t < nt; t++) {
+        sx[t] = act_quant<CFG>(x[t], k, a[t]);
+        for (unsigned i = 0; i < k; i++) a8[t][i] = (int8_t)a[t][i].to_int();
+        if (tr_act) for (unsigned i = 0; i < k; i++) tr_act[t * tr_stride + i] = a8[t][i];
+    }
+#ifdef ACCLLM_ENGINE_LINEAR
+    // The engine RTL has no block mode yet: one engine pass per token.
+    (void)stream;
+    for (unsigned t = 0; t < nt; t++) {
+        count_weight_bytes(ws_linear_bytes(mode, CFG::group, n, k));
+        linear_on_engine<CFG>(a[t], sx[t], linear_index, y[t], n, k, mode, tr_acc ? tr_acc + t * tr_stride : 0);
+    }
+#else
+    (void)linear_index;
+    const unsigned G = CFG::group, groups = k / G;
+    const size_t rec_bits = ws_record_bits(mode, G);
+    count_weight_bytes(ws_linear_bytes(mode, G, n, k));
+    int8_t w[CFG::group];
+    double sum[CFG::block];
+    for (unsigned row = 0; row < n; row++) {
+        for (unsigned t = 0; t < nt; t++) sum[t] = 0.0;
+        for (unsigned g = 0; g < groups; g++) {
+            const size_t base = ((size_t)row * groups + g) * rec_bits;
+            const unsigned scale = ws_field(stream, base, 16);
+            decode_group<CFG>(stream, base, mode, w);
+            for (unsigned t = 0; t < nt; t++) {
+                const int8_t *at = a8[t] + g * G;
+                int32_t acc = 0;
+                for (unsigned i = 0; i < G; i++) acc += at[i] * w[i];
+                if (tr_acc) tr_acc[t * tr_stride + row * groups + g] = acc;
+                sum[t] += dequant_term(acc, scale);
+            }
+        }
+        for (unsigned t = 0; t < nt; t++) y[t][row] = (float)sum[t] * sx[t];
+    }
+#endif
 }
 
 // ---------------------------------------------------------------- Λ attention with the KV4 cache
@@ -394,9 +511,15 @@ template <class CFG> void lm_head(const float *h, const uint8_t *embed, float *l
 
 // ---------------------------------------------------------------- the program interpreter
 
-template <class CFG> void run_program(const uint8_t *program, unsigned n_instr, const uint8_t *blob, uint8_t *kv,
-                                      unsigned token, unsigned pos, float *logits, int32_t *trace, bool trace_en) {
-    static float buf[NUM_BUFS][CFG::max_vec];
+// One program run for nt <= CFG::block tokens at stream positions pos .. pos + nt - 1 (decode: nt = 1). Every
+// instruction runs for the whole block before the next one, so each linear's weights are read once per block;
+// attention runs token after token (each writes its KV slot, then attends over the Λ-occupied slots: causal
+// over the block). Logits (when logits_en) are the last token's. Token t's trace is at trace + t * trace_stride.
+template <class CFG> void run_block(const uint8_t *program, unsigned n_instr, const uint8_t *blob, uint8_t *kv,
+                                    const unsigned *tokens, unsigned nt, unsigned pos, float *logits, bool logits_en,
+                                    int32_t *trace, bool trace_en) {
+    static float buf[NUM_BUFS][CFG::block][CFG::max_vec];
+    const size_t tr_stride = (size_t)CFG::layers * CFG::trace_size;
     float inv_freq[CFG::head_dim / 2];
     for (unsigned pc = 0; pc < n_instr; pc++) {
         const uint8_t *r = program + 32 * pc;
@@ -406,38 +529,59 @@ template <class CFG> void run_program(const uint8_t *program, unsigned n_instr, 
         int32_t *tl = trace_en ? trace + (size_t)layer * CFG::trace_size : 0;
         switch (op) {
         case OP_EMBED:
-            for (unsigned i = 0; i < CFG::hidden; i++) {
-                const uint8_t *e = blob + a[1] + ((size_t)token * CFG::hidden + i) * 2;
-                buf[a[0]][i] = half_to_float(e[0] | (e[1] << 8));
-            }
+            count_weight_bytes((uint64_t)nt * CFG::hidden * 2);
+            for (unsigned t = 0; t < nt; t++)
+                for (unsigned i = 0; i < CFG::hidden; i++) {
+                    const uint8_t *e = blob + a[1] + ((size_t)tokens[t] * CFG::hidden + i) * 2;
+                    buf[a[0]][t][i] = half_to_float(e[0] | (e[1] << 8));
+                }
             break;
         case OP_RMSNORM: {
             float w[CFG::hidden];
+            count_weight_bytes(4 * CFG::hidden);
             for (unsigned i = 0; i < CFG::hidden; i++) w[i] = rd_f32(blob + a[2] + 4 * i);
-            rmsnorm<CFG>(buf[a[0]], w, buf[a[1]]);
+            for (unsigned t = 0; t < nt; t++) rmsnorm<CFG>(buf[a[0]][t], w, buf[a[1]][t]);
             break;
         }
-        case OP_LINEAR:
-            linear<CFG>(buf[a[0] & 0xFF], buf[(a[0] >> 8) & 0xFF], blob + a[1], blob + a[2], a[3], a[4], mode,
-                        tl && a[5] != NONE ? tl + a[5] : 0, tl && a[6] != NONE ? tl + a[6] : 0);
+        case OP_LINEAR: {
+            int32_t *ta = tl && a[5] != NONE ? tl + a[5] : 0, *tc = tl && a[6] != NONE ? tl + a[6] : 0;
+            if (nt == 1)  // decode: matrix-vector on the integer core
+                linear<CFG>(buf[a[0] & 0xFF][0], buf[(a[0] >> 8) & 0xFF][0], blob + a[1], a[2], a[3], a[4], mode, ta, tc);
+            else
+                linear_block<CFG>(buf[a[0] & 0xFF], buf[(a[0] >> 8) & 0xFF], nt, blob + a[1], a[2], a[3], a[4], mode,
+                                  ta, tc, tr_stride);
             break;
+        }
         case OP_ATTENTION:
+            count_weight_bytes(4 * (CFG::head_dim / 2));
             for (unsigned j = 0; j < CFG::head_dim / 2; j++) inv_freq[j] = rd_f32(blob + a[5] + 4 * j);
-            attention<CFG>(layer, pos, buf[a[0]], buf[a[1]], buf[a[2]], buf[a[3]], kv, inv_freq, tl ? tl + a[4] : 0);
+            for (unsigned t = 0; t < nt; t++)
+                attention<CFG>(layer, pos + t, buf[a[0]][t], buf[a[1]][t], buf[a[2]][t], buf[a[3]][t], kv, inv_freq,
+                               tl ? tl + t * tr_stride + a[4] : 0);
             break;
         case OP_ADD:
-            for (unsigned i = 0; i < a[2]; i++) buf[a[0]][i] = buf[a[0]][i] + buf[a[1]][i];
+            for (unsigned t = 0; t < nt; t++)
+                for (unsigned i = 0; i < a[2]; i++) buf[a[0]][t][i] = buf[a[0]][t][i] + buf[a[1]][t][i];
             break;
         case OP_SILU_MUL:
-            silu_mul<CFG>(buf[a[0]], buf[a[1]], a[2]);
+            for (unsigned t = 0; t < nt; t++) silu_mul<CFG>(buf[a[0]][t], buf[a[1]][t], a[2]);
             break;
         case OP_LMHEAD:
-            lm_head<CFG>(buf[a[0]], blob + a[1], logits);
+            if (logits_en) {
+                count_weight_bytes((uint64_t)CFG::vocab * CFG::hidden * 2);
+                lm_head<CFG>(buf[a[0]][nt - 1], blob + a[1], logits);
+            }
             break;
         default:
             return;  // OP_END
         }
     }
+}
+
+// Decode: one token.
+template <class CFG> void run_program(const uint8_t *program, unsigned n_instr, const uint8_t *blob, uint8_t *kv,
+                                      unsigned token, unsigned pos, float *logits, int32_t *trace, bool trace_en) {
+    run_block<CFG>(program, n_instr, blob, kv, &token, 1, pos, logits, true, trace, trace_en);
 }
 
 }  // namespace accllm
