@@ -38,6 +38,8 @@ class RegisterKernel:
         self.io, self.protocol, self.poll_s = io, protocol, poll_s
         self.args = {a.name: a for a in args}
         self.done = False  # ap_done seen since the last start
+        # prefill entry of the IO (C-simulation: the kernel's block mode), or None: prompts run token by token
+        self.run_block = getattr(io, "run_block", None)
 
     def allocate(self, arg: str, nbytes: int):
         return self.io.allocate((nbytes,), np.uint8)

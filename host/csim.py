@@ -27,6 +27,24 @@ def library_step(library):
     return step
 
 
+def library_prefill(library):
+    """The prefill entry of a built C-simulation library as ``prefill(arrays, scalars, tokens, pos)``: the prompt
+    in the kernel's block mode (one weight pass per block of tokens), logits of the last token."""
+    import numpy as np
+
+    lib = ctypes.CDLL(str(library))
+    lib.accllm_csim_prefill.restype = ctypes.c_int
+
+    def prefill(arrays, scalars, tokens, pos) -> None:
+        ids = np.ascontiguousarray(tokens, dtype=np.uint32)
+        ptr = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
+        lib.accllm_csim_prefill(ptr(arrays["program"]), ctypes.c_uint(int(scalars.get("n_instr", 0))),
+                                ptr(arrays["blob"]), ptr(arrays["kv"]), ptr(ids), ctypes.c_uint(len(ids)),
+                                ctypes.c_uint(int(pos)), ptr(arrays["logits"]), ptr(arrays["trace"]), ctypes.c_uint(0))
+
+    return prefill
+
+
 def csim_io(build, image, core: str = "c") -> SimIO:
     from accllm.hls.csim import build_library, read_core_params
 
@@ -37,7 +55,8 @@ def csim_io(build, image, core: str = "c") -> SimIO:
         from accllm.hw.rtl_native import build_wrapper
 
         linked = build_wrapper(*read_core_params(build.path / "hls"))
-    step = library_step(build_library(build.path / "hls", linked))
+    lib = build_library(build.path / "hls", linked)
+    step, prefill = library_step(lib), library_prefill(lib)
 
     def run_kernel(io: SimIO) -> None:
         arrays = {a.name: io.buffer_at(io.reg64(a.offset)) for a in image.args if a.pointer}
@@ -45,4 +64,11 @@ def csim_io(build, image, core: str = "c") -> SimIO:
         step(arrays, scalars)
         io.finish()
 
-    return SimIO(run_kernel)
+    def run_block(tokens, pos) -> None:
+        arrays = {a.name: io.buffer_at(io.reg64(a.offset)) for a in image.args if a.pointer}
+        scalars = {a.name: io.regs.get(a.offset, 0) for a in image.args if not a.pointer}
+        prefill(arrays, scalars, tokens, pos)
+
+    io = SimIO(run_kernel)
+    io.run_block = run_block
+    return io

@@ -106,6 +106,31 @@ class EngineDriver:
         out.sync_from_device()
         return np.frombuffer(bytes(out[: 4 * self.image.vocab]), dtype="<f4").copy()
 
+    def prefill(self, tokens) -> np.ndarray:
+        """A prompt in the kernel's prefill mode (blocks of tokens, one weight pass each) where the kernel port has
+        one (``run_block``), else token by token; returns the last token's float32 logits [vocab]."""
+        ids = [int(t) for t in tokens]
+        run_block = getattr(self.kernel, "run_block", None)
+        if run_block is None or len(ids) == 1:
+            for t in ids:
+                logits = self.step(t)
+            return logits
+        bad = [t for t in ids if not 0 <= t < self.image.vocab]
+        if bad:
+            raise ValueError(f"token id {bad[0]} outside the vocabulary [0, {self.image.vocab})")
+        if self.fault:
+            raise DeviceNotIdle(f"{self.fault}; reset the backend before the next run")
+        if not self.kernel.idle():
+            self.fault = f"the kernel was busy before run {self.runs}"
+            raise DeviceNotIdle(f"{self.fault}; reset the backend before the next run")
+        run_block(ids, self.kv.next_step().pos)
+        for _ in ids:
+            self.kv.advance()
+        self.runs += 1
+        out = self.buffers[self.image.logits_arg]
+        out.sync_from_device()
+        return np.frombuffer(bytes(out[: 4 * self.image.vocab]), dtype="<f4").copy()
+
     def recover(self) -> None:
         """Make the kernel usable after a timeout: wait for a late ap_done, else reload it; then bind the
         buffers again, check ap_idle and start a new stream (the timed-out run may have half-written the KV
@@ -165,9 +190,9 @@ class EngineBackend(Backend):
         self.driver.recover()
 
     def forward(self, ids) -> np.ndarray:
-        for t in ids:  # the program runs one token per start: prefill is token by token
-            logits = self.driver.step(int(t))
-        return logits
+        if len(ids) == 0:
+            raise ValueError("empty prompt: give at least one token")
+        return self.driver.prefill(ids)  # a prompt in blocks (decode: one token, matrix-vector)
 
     def resident_bytes(self) -> int:
         return self.driver.kv.nbytes

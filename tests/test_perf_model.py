@@ -96,7 +96,8 @@ def test_decode_never_beats_the_bandwidth_limit(board, model):
 def test_prefill_is_compute_bound_and_decode_memory_bound():
     pm = _u280_7b(128)
     pre, dec = pm.prefill(256), pm.decode(256)
-    assert pre["ops_per_byte"] > 50 * dec["ops_per_byte"]
+    # blocks of T = 32 read the weights 8 times for 256 tokens (and every token reads its KV keys)
+    assert pre["weight_passes"] == 8 and pre["ops_per_byte"] > 10 * dec["ops_per_byte"]
     lin = [r for r in dec["per_layer"] if r["kind"] == "sparse"]
     # decode linears move their weights in about the time the cores take: within the row-split imbalance
     assert all(r["memory_cycles"] / r["compute_cycles"] > 0.85 for r in lin)

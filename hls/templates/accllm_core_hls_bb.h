@@ -7,6 +7,7 @@
 #ifndef ACCLLM_CORE_HLS_BB_H
 #define ACCLLM_CORE_HLS_BB_H
 #include <stdint.h>
+#include <cstring>
 
 #include "ap_int.h"
 #include "hls_stream.h"
@@ -28,13 +29,20 @@ void accllm_core_hls_bb(hls::stream<accllm_a_t> &a, hls::stream<accllm_b_t> &b, 
 
 // Bytes <-> beat words, 64 bits at a time (byte i = bits [8i+7:8i]); nbytes <= the word's bytes. Whole-word
 // shifts rather than range() selects: several times faster in C simulation, the same wiring in hardware.
+// In C simulation the 64-bit words of ap_types' model are read and written directly (no wide shifts: the beat
+// handling otherwise dominates C-simulation time); synthesis sees the shifts.
 template <int W> void accllm_set_bytes(ap_uint<W> &w, const uint8_t *bytes, unsigned nbytes) {
     w = 0;
     for (int j = (int)((nbytes + 7) / 8) - 1; j >= 0; j--) {
         uint64_t v = 0;
+#ifndef __SYNTHESIS__
+        std::memcpy(&v, bytes + 8 * j, nbytes - 8 * j < 8 ? nbytes - 8 * j : 8);  // little-endian host
+        w.V.set_pVal(j, v);
+#else
         for (unsigned i = 0; i < 8 && 8 * j + i < nbytes; i++) v |= (uint64_t)bytes[8 * j + i] << (8 * i);
         w <<= 64;
         w |= ap_uint<W>(v);
+#endif
     }
 }
 
@@ -52,8 +60,12 @@ inline accllm_b_t accllm_b_beat(const uint8_t *bytes, bool last) {
 template <int W> void accllm_get_bytes(const ap_uint<W> &w, uint8_t *bytes, unsigned nbytes) {
     ap_uint<W> t = w;
     for (unsigned j = 0; 8 * j < nbytes; j++) {
+#ifndef __SYNTHESIS__
+        const uint64_t v = t.V.get_pVal(j);
+#else
         const uint64_t v = t.to_uint64();
         t >>= 64;
+#endif
         for (unsigned i = 0; i < 8 && 8 * j + i < nbytes; i++) bytes[8 * j + i] = (uint8_t)(v >> (8 * i));
     }
 }

@@ -358,20 +358,25 @@ template <class CFG> void feed_qk(const typename CFG::act_t *q, const typename C
                                  hls::stream<accllm_a_t> &as, hls::stream<accllm_b_t> &bs) {
     const unsigned L = CFG::lanes, D = CFG::head_dim, per = (D + L - 1) / L;
     uint8_t ab[CFG::lanes], bb[CFG::lanes];
+    accllm_a_t qw[2][(CFG::head_dim + CFG::lanes - 1) / CFG::lanes];  // the query's A beats, packed once per head
+    for (unsigned s = 0; s < 2; s++)
+        for (unsigned c = 0; c < per; c++) {
+            for (unsigned l = 0; l < L; l++) {
+                const unsigned d = c * L + l;
+                ab[l] = d < D ? (uint8_t)(s ? qs : q)[d].range(7, 0).to_uint() : 0;
+            }
+            accllm_set_bytes(qw[s][c], ab, L);
+        }
     for (unsigned t = 0; t < n; t++) {
-        const typename CFG::act_t *qt = t < sink_keys ? qs : q;
         for (unsigned c = 0; c < per; c++) {
 #pragma HLS PIPELINE II = 1
             for (unsigned j = 0; j < L; j++) bb[j] = 0;
             for (unsigned l = 0; l < L; l++) {
                 const unsigned d = c * L + l;
-                ab[l] = d < D ? (uint8_t)qt[d].range(7, 0).to_uint() : 0;
                 bb[l / 2] |= (d < D ? kc[t][d] : kz[t]) << (4 * (l % 2));
             }
             bb[L / 2] = kz[t];
-            accllm_a_t aw;
-            accllm_set_bytes(aw, ab, L);
-            as.write(aw);
+            as.write(qw[t < sink_keys][c]);
             bs.write(accllm_b_beat(bb, c == per - 1));
         }
     }
@@ -383,19 +388,24 @@ template <class CFG> void feed_pv(const typename CFG::act_t *p, const uint8_t (*
                                  unsigned n, hls::stream<accllm_a_t> &as, hls::stream<accllm_b_t> &bs) {
     const unsigned L = CFG::lanes, D = CFG::head_dim, per = (n + L - 1) / L;
     uint8_t ab[CFG::lanes], bb[CFG::lanes];
+    accllm_a_t pw[(CFG::slots + CFG::lanes - 1) / CFG::lanes];  // the probabilities' A beats, packed once per head
+    for (unsigned c = 0; c < per; c++) {
+        for (unsigned l = 0; l < L; l++) {
+            const unsigned t = c * L + l;
+            ab[l] = t < n ? (uint8_t)p[t].range(7, 0).to_uint() : 0;
+        }
+        accllm_set_bytes(pw[c], ab, L);
+    }
     for (unsigned d = 0; d < D; d++) {
         for (unsigned c = 0; c < per; c++) {
 #pragma HLS PIPELINE II = 1
             for (unsigned j = 0; j < L; j++) bb[j] = 0;
             for (unsigned l = 0; l < L; l++) {
                 const unsigned t = c * L + l;
-                ab[l] = t < n ? (uint8_t)p[t].range(7, 0).to_uint() : 0;
                 bb[l / 2] |= (t < n ? vc[t][d] : 0) << (4 * (l % 2));
                 bb[L / 2 + l / 2] |= (t < n ? vz[t] : 0) << (4 * (l % 2));
             }
-            accllm_a_t aw;
-            accllm_set_bytes(aw, ab, L);
-            as.write(aw);
+            as.write(pw[c]);
             bs.write(accllm_b_beat(bb, c == per - 1));
         }
     }

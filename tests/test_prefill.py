@@ -1,0 +1,205 @@
+"""Prefill mode: a block of prompt tokens per weight pass gives bit for bit the results of token by token (golden
+model and C-simulation), reads the weights once per block (the kernel's own counter), and the perf model counts
+ceil(n / T) weight passes."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from flow_fixtures import flow_paths, one_thread
+from onnx_edits import copy_export, set_lambda
+
+_one_thread = pytest.fixture(autouse=True)(one_thread)
+
+
+@pytest.fixture(scope="session")
+def flow(tmp_path_factory):
+    return flow_paths(tmp_path_factory)
+
+
+def _ints(tr, d):
+    from accllm.sim.golden import flatten_trace
+
+    return [flatten_trace(d, layer).numpy() for layer in tr]
+
+
+def _golden_both_ways(g, ids, block):
+    g.reset()
+    steps = []
+    for t in ids:
+        tr = []
+        lt = g.step(t, tr)
+        steps.append(tr)
+    kv_steps = g.cache.packed()
+    g.reset()
+    blocks = []
+    lb = g.prefill(ids, block=block, traces=blocks)
+    return lt, kv_steps, steps, lb, g.cache.packed(), blocks
+
+
+def _assert_same(d, lt, kv_t, steps, lb, kv_b, blocks):
+    assert kv_b == kv_t
+    assert torch.equal(lb, lt)
+    assert len(blocks) == len(steps)
+    mism = sum(int((a != b).sum()) for s, bl in zip(steps, blocks) for a, b in zip(_ints(s, d), _ints(bl, d)))
+    assert mism == 0
+
+
+def test_golden_prefill_equals_token_by_token(flow):
+    from accllm.sim.golden import GoldenModel
+
+    g = GoldenModel.load(flow[0])
+    ids = [5, 300, 17, 4000, 2, 99, 1234, 7, 8, 9, 10, 11]
+    _assert_same(g.d, *_golden_both_ways(g, ids, block=5))  # blocks of 5, 5, 2
+
+
+def test_csim_prefill_bit_exact_with_token_by_token_and_golden(flow):
+    from accllm.hls.csim import CSim
+    from accllm.sim.golden import GoldenModel, flatten_trace
+
+    ckpt, _, build = flow
+    c = CSim(build)
+    T = c.prefill_block
+    ids = [int(x) for x in np.random.default_rng(0).integers(0, c.vocab, T + 9)]  # a full block and a partial one
+    c.reset()
+    c.clear_weight_bytes()
+    c.step(ids[0])
+    one_pass = c.weight_bytes
+    c.reset()
+    c.clear_weight_bytes()
+    for t in ids:
+        lt = c.step(t)
+    kv_t, bytes_t = c.kv.copy(), c.weight_bytes
+    c.reset()
+    c.clear_weight_bytes()
+    lb = c.prefill(ids, trace=True)
+    assert np.array_equal(c.kv, kv_t) and np.array_equal(lb, lt)
+    assert c.weight_bytes <= math.ceil(len(ids) / T) * one_pass < bytes_t
+    assert bytes_t == len(ids) * one_pass
+    g = GoldenModel.load(ckpt)
+    traces = []
+    lg = g.prefill(ids, block=T, traces=traces)
+    mism = sum(int((flatten_trace(g.d, traces[t][layer]).numpy() != c.prefill_trace(t, layer)).sum())
+               for t in range(len(ids)) for layer in range(g.d.layers))
+    assert mism == 0
+    assert int(np.argmax(lb)) == int(lg.argmax())
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        c.prefill([1, c.vocab])
+    with pytest.raises(ValueError, match="empty prompt"):
+        c.prefill([])
+
+
+def test_prefill_block_longer_than_the_window(flow, tmp_path):
+    """Λ of 2 sinks + 6 window slots, blocks of 16 over 20 tokens: the ring wraps inside a block, so a token's KV
+    write must not reach the keys an earlier token of the block attends (causal under the Λ mask)."""
+    from accllm.hls.compiler import compile_export, weights_from_export
+    from accllm.hls.csim import CSim
+    from accllm.sim.golden import GoldenModel
+
+    small = copy_export(flow[1], tmp_path / "onnx")
+    set_lambda(small, 2, 6)
+    compile_export(small, tmp_path / "build", progress=False, prefill_block=16)
+    g = GoldenModel(weights_from_export(small, progress=False))
+    ids = list(range(3, 23))
+    lt, kv_t, steps, lb, kv_b, blocks = _golden_both_ways(g, ids, block=16)
+    _assert_same(g.d, lt, kv_t, steps, lb, kv_b, blocks)
+    c = CSim(tmp_path / "build")
+    assert c.prefill_block == 16
+    c.reset()
+    for t in ids:
+        lt_c = c.step(t)
+    kv_c = c.kv.copy()
+    c.reset()
+    lc = c.prefill(ids, trace=True)
+    assert np.array_equal(c.kv, kv_c) and np.array_equal(lc, lt_c)
+    mism = sum(int((a != c.prefill_trace(t, layer)).sum()) for t in range(len(ids))
+               for layer, a in enumerate(_ints(blocks[t], g.d)))
+    assert mism == 0
+
+
+def test_compile_refuses_bad_prefill_block(flow, tmp_path):
+    from accllm.hls.compiler import compile_export
+
+    with pytest.raises(ValueError, match="prefill block"):
+        compile_export(flow[1], tmp_path / "b", progress=False, prefill_block=0)
+
+
+def test_perf_prefill_counts_a_weight_pass_per_block():
+    from dataclasses import replace
+
+    from accllm.sim.boards import get_board, load_model_shape
+    from accllm.sim.perf import PerfModel, size_engine
+    from accllm.sim.perf_fit import load_calibration
+
+    board, shape = get_board("u280"), load_model_shape("llama-2-7b")
+    timing, _ = load_calibration()
+    base = size_engine(board)
+
+    def pre(T, n):
+        return PerfModel(shape, board, replace(base, prefill_block=T), timing).prefill(n)
+
+    # one weight pass (decoder weights, norm weights): what a second block costs in bytes beyond its tokens' own
+    one_pass = pre(1, 2)["bytes"] - pre(2, 2)["bytes"]
+    assert one_pass > shape.linear_params() * 2 / 8 / 2  # at least the 2:4 W2 codes of the decoder linears
+    for T in (1, 16, 32, 64):
+        p = pre(T, 128)
+        assert p["weight_passes"] == math.ceil(128 / T) and p["time_to_first_token_s"] == p["seconds"]
+    # Going from T = 1 to T = 128 saves 127 passes over the decoder weights, nothing else.
+    assert pre(1, 128)["bytes"] - pre(128, 128)["bytes"] == pytest.approx(127 * one_pass, rel=1e-6)
+    assert pre(16, 1024)["bytes"] > pre(32, 1024)["bytes"] > pre(64, 1024)["bytes"]
+    assert pre(64, 128)["block_buffer_bytes"] == 2 * pre(32, 128)["block_buffer_bytes"]
+    with pytest.raises(ValueError, match="prefill block"):
+        replace(base, prefill_block=0).validate()
+
+
+def test_csim_backend_prefills_a_prompt_in_blocks(tmp_path_factory):
+    """The runtime's forward(ids) uses the kernel's block entry: same KV cache image and logits as token by token."""
+    from flow_fixtures import demo_layout
+
+    from accllm.host.backends import open_backend
+
+    build = demo_layout(tmp_path_factory, "prefill_host")
+    ids = [int(x) for x in np.random.default_rng(1).integers(0, 4096, 45)]
+    with open_backend("csim", build) as a, open_backend("csim", build) as b:
+        assert a.driver.kernel.run_block is not None
+        la = a.forward(ids)
+        runs_block = a.driver.runs
+        for t in ids:
+            lb = b.driver.step(t)
+        assert runs_block == 1 and b.driver.runs == len(ids)
+        assert np.array_equal(la, lb)
+        assert a.driver.kv.image() == b.driver.kv.image() and a.driver.kv.pos == b.driver.kv.pos == len(ids)
+        assert np.array_equal(a.forward([7]), b.forward([7]))  # decode continues from the same state
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            a.forward([1, 5000])
+
+
+def test_prefill_on_the_engine_cosim_is_bit_exact(flow):
+    """The C/RTL co-simulation with every linear on the Verilated engine (which has no block mode yet: it runs the
+    block's tokens one pass each) and QK/PV on the RTL core: the block entry's integers equal the golden prefill's."""
+    from accllm.hw import engine_native
+    from accllm.sim.golden import GoldenModel, flatten_trace
+
+    ckpt, _, build = flow
+    sim = engine_native.engine_csim(build, {"latency": 60, "ar_stall": 10, "r_stall": 10, "out_stall": 10, "seed": 5})
+    g = GoldenModel.load(ckpt)
+    ids = [13, 250, 3000, 42]
+    before = engine_native.stats(sim.lib)["protocol_errors"]
+    engine_native.start_log(sim.lib)
+    sim.reset()
+    lc = sim.prefill(ids, trace=True)
+    log = engine_native.read_log(sim.lib)
+    traces = []
+    lg = g.prefill(ids, block=sim.prefill_block, traces=traces)
+    mism = sum(int((flatten_trace(g.d, traces[t][layer]).numpy() != sim.prefill_trace(t, layer)).sum())
+               for t in range(len(ids)) for layer in range(g.d.layers))
+    assert mism == 0 and int(np.argmax(lc)) == int(lg.argmax())
+    assert engine_native.stats(sim.lib)["protocol_errors"] == before
+    assert len(log) == 7 * g.d.layers * len(ids)
+    kv_block = sim.kv.copy()
+    sim.reset()
+    for t, x in enumerate(ids):  # and the same integers and KV cache as running the tokens one at a time
+        sim.step(x, trace=True)
+        assert all(np.array_equal(sim.layer_trace(layer), sim.prefill_trace(t, layer)) for layer in range(g.d.layers))
+    assert np.array_equal(sim.kv, kv_block)
