@@ -6,8 +6,10 @@ Payload: ``n`` instructions of 32 bytes, little-endian::
 
     uint8 op, uint8 mode, uint16 layer, uint32 arg[7]
 
-One program run computes one token at stream position ``pos`` (kernel arguments ``token``, ``pos``); the
-host never recompiles per token. Buffers are the kernel's on-chip float32 vectors (``BUF_*``). Offsets are
+One program run computes one token at stream position ``pos`` (kernel arguments ``token``, ``pos``), or in
+prefill a block of up to ``engine.prefill_block`` tokens at ``pos ..`` (each instruction for the whole block: one
+weight pass per linear); the host never recompiles per token. Buffers are the kernel's on-chip float32 vectors
+(``BUF_*``, one per token of a block). Offsets are
 byte offsets into the blob payload; ``NONE`` marks an absent trace slot.
 
     op          mode            args

@@ -26,8 +26,8 @@ class GoldenBackend(Backend):
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            for t in ids:  # prefill token by token, as the engine does
-                logits = self.model.step(int(t))
+            # a prompt in the engine's prefill blocks (bit for bit token by token); decode: one token
+            logits = self.model.prefill([int(t) for t in ids])
         finally:
             torch.set_num_threads(threads)
         return logits.numpy()

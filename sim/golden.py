@@ -14,7 +14,9 @@ and rounding of the float post-processing — so that the HLS C-simulation can r
   ``1.0 / sqrt(double)`` (both correctly rounded). libm and torch agree on these float64 values to within
   an ulp of float64, so the float32 results agree except with probability ~2^-29 per value.
 
-Per token at stream position ``i`` (one program run of the engine):
+Per token at stream position ``i`` (one program run of the engine; :meth:`GoldenModel.prefill` runs a block of
+tokens per program run: each linear over the block's rows with one weight pass, attention token after token, so
+every token gets exactly these operations):
 
     x = embed[token]                                     fp16 table -> float32
     per layer:
