@@ -103,7 +103,8 @@ template <class CFG> void softmax(const float *s, float *p, unsigned n) {
     for (unsigned t = 1; t < n; t++) if (s[t] > m) m = s[t];
     double sum = 0.0;
     for (unsigned t = 0; t < n; t++) { p[t] = (float)std::exp((double)(s[t] - m)); sum += (double)p[t]; }
-    for (unsigned t = 0; t < n; t++) p[t] = (float)((double)p[t] / sum);
+    const float total = (float)sum;  // a reduction rounds once to float32 (accllm.sim.golden._seq_sum)
+    for (unsigned t = 0; t < n; t++) p[t] = (float)((double)p[t] / (double)total);
 }
 
 template <class CFG> void silu_mul(float *g, const float *u, unsigned n) {
