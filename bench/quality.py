@@ -191,6 +191,12 @@ def plot(result, path):
 
 
 def main(argv=None):
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--model", default="bundled")
+    if pre.parse_known_args(argv)[0].model != "bundled":
+        from quality_real import main as real_model_main  # a real pretrained model: bench/quality_real.py
+
+        return real_model_main(argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="bundled")
     ap.add_argument("--tokens", type=int, default=8192, help="test tokens for the ablation")

@@ -264,22 +264,6 @@ def _read(path: Path, layers: list[int] | None = None, verify_files: bool = True
 _LAYER_PREFIX = "model.layers."
 
 
-def _set_weight_quant_params(mod, scales: torch.Tensor, zps: torch.Tensor, bits: int) -> None:
-    """Point Brevitas' learned (parameter_from_stats) scale and zero point at the stored integers."""
-    tq = mod.weight_quant.tensor_quant
-    levels = 2 ** bits - 1
-    s = scales.to(tq.scaling_impl.value.device)[:, :, None]
-    value = s * levels
-    for _ in range(4):  # Brevitas divides by (2^b - 1): nudge by ulps until that gives s exactly
-        off = value / levels - s
-        if not bool(off.any()):
-            break
-        value = torch.where(off > 0, torch.nextafter(value, torch.zeros_like(value)),
-                            torch.where(off < 0, torch.nextafter(value, value * 2), value))
-    tq.scaling_impl.value.data.copy_(value)
-    tq.zero_point_impl.value.data.copy_(-zps.float().to(s.device)[:, :, None] * s)
-
-
 def load_compressed(path, device="cpu", layers: list[int] | None = None, verify_files: bool = True):
     """Rebuild the Brevitas fake-quant model from a checkpoint directory: ``(model, tokenizer, settings)``.
     ``layers``: only these decoder layers (as layers 0, 1, ... of the model; ``[]``: embedding and head only), so
@@ -288,7 +272,7 @@ def load_compressed(path, device="cpu", layers: list[int] | None = None, verify_
 
     from accllm.quant import attention as attn
     from accllm.quant.prune import decoder_linears
-    from accllm.quant.quantize import CompressionSettings, quantize_layers
+    from accllm.quant.quantize import CompressionSettings, quantize_layers, set_weight_quant_params
 
     path = Path(path)
     tensors, sdict = _read(path, layers, verify_files)
@@ -323,7 +307,7 @@ def load_compressed(path, device="cpu", layers: list[int] | None = None, verify_
         model(input_ids=torch.tensor([[0, 1]]))  # initialise Brevitas' parameters, then overwrite them
         if s.weight_bits:
             for name, mod in decoder_linears(model).items():
-                _set_weight_quant_params(mod, tensors[f"{name}.scales"], tensors[f"{name}.zero_points"], s.weight_bits)
+                set_weight_quant_params(mod, tensors[f"{name}.scales"], tensors[f"{name}.zero_points"], s.weight_bits)
     model.accllm_settings = s
     return model.to(device), AutoTokenizer.from_pretrained(path), s
 
@@ -338,3 +322,17 @@ def iter_compressed_layers(path):
         model, _, _ = load_compressed(path, layers=[i], verify_files=False)
         yield model.model.layers[0]
         del model
+        _release_freed_memory()
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap back to the OS between layers; without it glibc keeps each layer's arenas and the
+    resident size creeps up layer by layer."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass

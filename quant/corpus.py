@@ -108,6 +108,30 @@ def main(argv=None):
 
 
 
+# English prose every Debian machine has: the licence texts. Held out ("test"): GPL-3, LGPL-3, Apache-2.0,
+# MPL-2.0; calibration / distillation ("train"): the others, except GPL-2 and MPL-1.1, which are earlier
+# versions of two test texts and so are used for nothing.
+ENGLISH_DIR = Path("/usr/share/common-licenses")
+ENGLISH_SPLITS = {"test": ("GPL-3", "LGPL-3", "Apache-2.0", "MPL-2.0"),
+                  "train": ("GPL-1", "LGPL-2", "LGPL-2.1", "GFDL-1.2", "GFDL-1.3", "Artistic", "BSD", "CC0-1.0")}
+
+
+def english_documents(split: str, root: Path = ENGLISH_DIR) -> list[str]:
+    """The licence texts of ``split`` ("test" or "train", see ``ENGLISH_SPLITS``) from ``root``."""
+    if split not in ENGLISH_SPLITS:
+        raise ValueError(f"unknown English split {split!r}; expected one of {tuple(ENGLISH_SPLITS)}")
+    missing = [n for n in ENGLISH_SPLITS[split] if not (Path(root) / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{root} lacks {', '.join(missing)} (Debian's base-files package ships them)")
+    return [(Path(root) / n).read_text(encoding="utf-8") for n in ENGLISH_SPLITS[split]]
+
+
+def english_fingerprint(root: Path = ENGLISH_DIR) -> dict:
+    """sha256 of each English text, so a result names exactly the files it was measured on."""
+    return {n: hashlib.sha256((Path(root) / n).read_bytes()).hexdigest()[:16]
+            for names in ENGLISH_SPLITS.values() for n in names}
+
+
 def token_stream(tokenizer, docs: list[str]):
     """One long id tensor: ``<s> doc </s>`` for each document, the layout training and evaluation share."""
     import torch

@@ -44,8 +44,11 @@ def unigram_perplexity(train_ids: torch.Tensor, test_ids: torch.Tensor, vocab_si
 
 
 def add_eval_arguments(p):
-    p.add_argument("--model", default="bundled", help="local Hugging Face Llama directory, or 'bundled' (default)")
-    p.add_argument("--split", default="test", choices=["test", "valid"], help="held-out split of the shipped corpus")
+    from accllm.quant.model import MODEL_HELP
+
+    p.add_argument("--model", default="bundled", help=MODEL_HELP + " (default: bundled)")
+    p.add_argument("--split", default="test", choices=["test", "valid", "english"],
+                   help="held-out split of the shipped Python-docs corpus, or the held-out English licence texts")
     p.add_argument("--context", type=int, default=None, help="window length (default: the model's trained context)")
     p.add_argument("--stride", type=int, default=None, help="window advance (default: half the context)")
     p.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens")
@@ -53,13 +56,14 @@ def add_eval_arguments(p):
 
 
 def evaluate_command(args) -> int:
-    from accllm.quant.corpus import load_documents, token_stream
+    from accllm.quant.corpus import english_documents, load_documents, token_stream
     from accllm.quant.model import load_model, trained_context
 
     model, tok = load_model(args.model)
     context = args.context or trained_context(model.config)
     stride = args.stride or max(1, context // 2)
-    test_ids = token_stream(tok, load_documents(args.split))
+    docs = english_documents("test") if args.split == "english" else load_documents(args.split)
+    test_ids = token_stream(tok, docs)
     if args.max_tokens:
         test_ids = test_ids[: args.max_tokens]
     result = perplexity(model, test_ids, context, stride)

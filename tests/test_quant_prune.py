@@ -58,3 +58,38 @@ def test_prunes_every_decoder_linear_and_nothing_else():
         assert (mod.weight == 0).float().mean().item() == pytest.approx(0.5, abs=0.01)
         assert torch.equal(mod.weight != 0, masks[name] & (mod.weight != 0))
     assert torch.equal(model.model.embed_tokens.weight, emb)  # embeddings and tied lm_head stay dense
+
+
+def _correlated_inputs(n=2048, k=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(k, k, generator=g) * 0.3 + torch.eye(k)
+    return (torch.randn(n, k, generator=g) * torch.linspace(0.2, 3, k)) @ mix
+
+
+def test_sparsegpt_is_2to4_and_beats_wanda_on_the_layer_output():
+    """SparseGPT's weight update must lower the layer's output error below a mask-only (Wanda) prune."""
+    from accllm.quant.prune import sparsegpt_2to4_weight
+
+    x = _correlated_inputs()
+    w = torch.randn(32, 64, generator=torch.Generator().manual_seed(1))
+    h = 2 * x.T @ x / len(x)
+    w_sg, keep = sparsegpt_2to4_weight(w, h)
+    assert check_2to4(w_sg) == 0 and torch.equal(w_sg != 0, keep)
+    assert (keep.view(32, 16, 4).sum(-1) == 2).all()
+    w_wanda = w * mask_2to4(w.abs() * x.norm(dim=0)[None, :])
+    err_sg = ((x @ (w - w_sg).T) ** 2).mean()
+    err_wanda = ((x @ (w - w_wanda).T) ** 2).mean()
+    assert err_sg < 0.8 * err_wanda, (err_sg, err_wanda)
+
+
+def test_sparsegpt_prunes_every_decoder_linear_in_place():
+    from accllm.quant.prune import sparsegpt_prune_2to4
+
+    model = tiny_model()
+    batches = [torch.randint(3, 4096, (2, 16))]
+    masks = sparsegpt_prune_2to4(model, batches, progress=False)
+    lin = decoder_linears(model)
+    assert set(masks) == set(lin)
+    for name, mod in lin.items():
+        assert check_2to4(mod.weight) == 0
+        assert torch.equal(mod.weight != 0, masks[name])

@@ -1,0 +1,371 @@
+"""Compression quality of a real pretrained model (``python bench/quality.py --model smollm2 ...`` runs this).
+
+    python bench/quality.py --model smollm2 --device cuda --stages ptq,distill,long --work W --out DIR
+    python bench/quality.py --model smollm2 --stages report --runs DIR1,DIR2 --out bench/results  # merge + plot
+
+A GPU run of every stage at the defaults takes longer than one 10-minute device call (GPTQ's calibration passes
+through Brevitas' proxies and the distillation dominate), so the committed table merges several runs (``--runs``;
+each row keeps its run index and is compared with that run's own FP row). ``--components`` picks component rows.
+
+Texts (nothing of a "test" split is used for calibration or distillation):
+  - held-out English: ``accllm.quant.corpus.ENGLISH_SPLITS["test"]`` (GPL-3, LGPL-3, Apache-2.0, MPL-2.0 from
+    /usr/share/common-licenses); calibration / distillation English is the "train" list (GPL-2 and MPL-1.1,
+    earlier versions of test texts, are used for nothing);
+  - in-domain Python docs: the first ``--python-tokens`` of the corpus "test" split (``accllm.quant.corpus``);
+  - data-free distillation text: sequences the float model samples itself from BOS (LLM-QAT).
+Perplexity: sliding windows of ``--context`` tokens (stride half of it). SmolLM2's "FP" weights are the GGUF's
+Q4_1 (Q8_0 embedding) values dequantised to float32: they were 4-bit before we see them.
+
+Stages (each writes ``quality_<model>.<stage>.json`` into ``--out``; ``report`` merges them):
+  ptq      FP; each component alone (Λ, 2:4 Wanda / SparseGPT, W2 RTN / GPTQ, W4 GPTQ, A8, KV4); then together,
+           post-training: 2:4 + W2A8KV4 + Λ (AccLLM) and the fallback 2:4 + W4A8KV4 + Λ, saved under ``--work``
+  distill  the saved together-checkpoints fine-tuned by distillation from the float model (KL on logits;
+           half of each batch teacher generations, half "train" text), ``--distill-seconds`` each
+  long     Λ against full attention at 1x, 2x, 4x the Λ slots (window + sinks) and over the whole English
+           test stream, past the trained context when the stream is longer
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from accllm.quant import attention as attn
+from accllm.quant.corpus import ENGLISH_DIR, ENGLISH_SPLITS, english_documents, english_fingerprint, load_documents, \
+    token_stream
+from accllm.quant.evaluate import perplexity
+from accllm.quant.model import load_model
+from accllm.quant.pipeline import kv_bytes_per_token, weight_bytes_per_token
+from accllm.quant.quantize import CompressionSettings, compress, round_dense_to_fp16, train_stream
+
+RESULTS = Path(__file__).parent / "results"
+BASE = dict(group_size=32, prune_method="sparsegpt", calib_text="python+english", calib_samples=128, calib_seqlen=256,
+            sinks=4, window=124)
+OFF = dict(sparsity="none", weight_bits=None, act_bits=None, kv_bits=None, lambda_attention=False)
+COMPONENTS = [
+    ("Λ (S=4, W=124)", dict(lambda_attention=True)),
+    ("2:4 Wanda", dict(sparsity="2:4", prune_method="wanda")),
+    ("2:4 SparseGPT", dict(sparsity="2:4", prune_method="sparsegpt")),
+    ("W2 g32 RTN", dict(weight_bits=2, weight_method="rtn")),
+    ("W2 g32 GPTQ", dict(weight_bits=2, weight_method="gptq")),
+    ("W4 g32 GPTQ", dict(weight_bits=4, weight_method="gptq")),
+    ("A8", dict(act_bits=8)),
+    ("KV4", dict(kv_bits=4)),
+]
+TOGETHER = {  # key -> (label, overrides); all on the SparseGPT 2:4 weights, GPTQ
+    "w2": ("2:4 + W2A8KV4 + Λ (AccLLM)", dict(sparsity="2:4", weight_bits=2, act_bits=8, kv_bits=4,
+                                             lambda_attention=True)),
+    "w4": ("2:4 + W4A8KV4 + Λ (fallback)", dict(sparsity="2:4", weight_bits=4, act_bits=8, kv_bits=4,
+                                               lambda_attention=True)),
+}
+
+
+def texts(tok, english_root, python_tokens, english_tokens=None):
+    return {"english": token_stream(tok, english_documents("test", english_root))[:english_tokens],
+            "python": token_stream(tok, load_documents("test"))[:python_tokens]}
+
+
+def evaluate(model, txt, ctx):
+    return {k: perplexity(model, ids, ctx, ctx // 2, progress=False)["perplexity"] for k, ids in txt.items()}
+
+
+def checkpoint_rows(a, stage, rows):
+    """Partial results after each row, so a run cut short by its time limit keeps what it measured."""
+    (a.out / f"quality_{a.name}.{stage}.partial.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False))
+
+
+def settings(over):
+    return CompressionSettings(**{**BASE, **OFF, **over})
+
+
+def stage_ptq(a, fp, tok, txt, dev):
+    rows = [{"config": "FP (Q4_1 GGUF dequantised)" if a.name.lower().startswith("smollm2") else "FP",
+             **evaluate(copy.deepcopy(fp).to(dev), txt, a.context)}]
+    print(rows[-1], flush=True)
+    pruned = None
+    for name, over in COMPONENTS:
+        if a.components != "all" and name not in a.components.split(","):
+            continue
+        t0 = time.time()
+        s = settings(over)
+        model, masks = compress(copy.deepcopy(fp), tok, s, device=dev, progress=False)
+        if name == "2:4 SparseGPT":
+            pruned = (copy.deepcopy(model).cpu(), masks)
+        rows.append({"config": name, **evaluate(model, txt, a.context), "settings": s.to_json(),
+                     "seconds": time.time() - t0})
+        print(rows[-1]["config"], {k: rows[-1][k] for k in txt}, f"{rows[-1]['seconds']:.0f} s", flush=True)
+        checkpoint_rows(a, "ptq", rows)
+        del model
+    if pruned is None:
+        model, masks = compress(copy.deepcopy(fp), tok, settings(dict(sparsity="2:4")), device=dev, progress=False)
+        pruned = (model.cpu(), masks)
+    for key, (name, over) in TOGETHER.items():
+        t0 = time.time()
+        s = settings(over)
+        model, masks = compress(copy.deepcopy(pruned[0]), tok, s, device=dev, progress=False, masks=pruned[1])
+        wb = weight_bytes_per_token(model, s)
+        rows.append({"config": name + ", post-training", "key": key, **evaluate(model, txt, a.context),
+                     "settings": s.to_json(), "weight_bytes_per_token": wb["total"], "weight_bytes": wb,
+                     "kv_bytes_per_token": kv_bytes_per_token(model.config, s.kv_bits), "seconds": time.time() - t0})
+        print(rows[-1]["config"], {k: rows[-1][k] for k in txt}, f"{rows[-1]['seconds']:.0f} s", flush=True)
+        checkpoint_rows(a, "ptq", rows)
+        from accllm.quant.checkpoint import save_compressed
+
+        save_compressed(model.cpu(), tok, s, masks, a.work / f"ptq_{key}")
+        del model
+    return {"rows": rows}
+
+
+def _lambda_contexts(model, ids, policy, factors=(1, 2, 4)):
+    """Perplexity with windows of f x the Λ slots, under Λ and under full attention (at 1x they coincide)."""
+    out = {}
+    for f in factors:
+        c = f * policy.slots
+        for label, pol in (("Λ", policy), ("full", None)):
+            attn.set_policy(model, pol)
+            out[f"{label} @ {f}x ({c})"] = perplexity(model, ids, c, c // 2, progress=False)["perplexity"]
+    attn.set_policy(model, policy)
+    return out
+
+
+def stage_distill(a, fp, tok, txt, dev):
+    from accllm.quant.checkpoint import load_compressed
+    from accllm.quant.prune import decoder_linears
+    from accllm.quant.qat import distill, teacher_generations
+
+    teacher = fp.to(dev).eval()
+    gen_path = a.work / "generations.pt"
+    if gen_path.is_file():
+        gen = torch.load(gen_path)
+    else:
+        t0 = time.time()
+        gen = teacher_generations(teacher, tok, a.generated, BASE["calib_seqlen"], seed=0)
+        torch.save(gen, gen_path)
+        print(f"{len(gen)} teacher generations in {time.time() - t0:.0f} s; sample: "
+              f"{tok.decode(gen[0, :60])!r}", flush=True)
+    rows = []
+    for key in a.distill:
+        name, over = TOGETHER[key]
+        student, _, s = load_compressed(a.work / f"ptq_{key}", device=dev)
+        masks = {n: m.sparse_mask.cpu() for n, m in decoder_linears(student).items() if hasattr(m, "sparse_mask")}
+        before = evaluate(student, txt, a.context) if a.eval_before else None
+        s.qat_steps, s.qat_seconds, s.qat_lr, s.qat_batch, s.qat_generated = (
+            100000, a.distill_seconds, a.lr, a.batch, a.generated)
+        t0 = time.time()
+        losses = distill(student, teacher, train_stream(tok, s.calib_text), s, masks, dev, progress=False,
+                         generated=gen)
+        round_dense_to_fp16(student)
+        row = {"config": name + " + distillation", "key": key, **evaluate(student, txt, a.context),
+               "before_distillation": before, "settings": s.to_json(), "steps": len(losses),
+               "distill_seconds": time.time() - t0, "kl_first": losses[0],
+               "kl_last_50": sum(losses[-50:]) / len(losses[-50:]),
+               "weight_bytes_per_token": weight_bytes_per_token(student, s)["total"],
+               "kv_bytes_per_token": kv_bytes_per_token(student.config, s.kv_bits),
+               "lambda_contexts_english": _lambda_contexts(student, txt["english"], s.policy())
+               if a.lambda_contexts else None}
+        rows.append(row)
+        print({k: v for k, v in row.items() if k != "settings"}, flush=True)
+        checkpoint_rows(a, "distill", rows)
+        if a.save_checkpoints:
+            from accllm.quant.checkpoint import save_compressed
+
+            save_compressed(student.cpu(), tok, s, masks, a.work / f"distilled_{key}")
+        del student
+    return {"rows": rows}
+
+
+@torch.no_grad()
+def stage_long(a, fp, tok, txt, dev):
+    policy = CompressionSettings(**BASE).policy()
+    model = copy.deepcopy(fp).to(dev)
+    attn.install(model, policy)
+    out = {"policy": vars(policy), "context_factors_english": _lambda_contexts(model, txt["english"], policy),
+           "context_factors_python": _lambda_contexts(model, txt["python"], policy)}
+    ids = txt["english"]
+    losses = {}
+    for label, pol in (("full attention", None), (f"Λ S={policy.sinks} W={policy.window}", policy)):
+        attn.set_policy(model, pol)
+        lg = torch.cat([x.float() for _, x, _ in attn.stream_logits(model, ids, pol, chunk=512)])
+        losses[label] = F.cross_entropy(lg[:-1], ids[1:].to(lg.device), reduction="none").cpu()
+    trained = int(fp.config.max_position_embeddings)
+    bucket = 1024
+    out.update(stream_tokens=len(ids), trained_context=trained, bucket=bucket,
+               bucketed_perplexity={k: [math.exp(float(v[i:i + bucket].mean()))
+                                        for i in range(0, len(v) - bucket + 1, bucket)] for k, v in losses.items()},
+               perplexity_beyond_trained_context={k: math.exp(float(v[trained:].mean())) if len(v) > trained else None
+                                                  for k, v in losses.items()})
+    print({k: out[k] for k in ("context_factors_english", "perplexity_beyond_trained_context")}, flush=True)
+    return out
+
+
+def _load_run(run: Path, name: str) -> dict:
+    def first(*stems):
+        for stem in stems:
+            p = run / f"quality_{name}.{stem}.json"
+            if p.is_file():
+                return json.loads(p.read_text())
+        return None
+
+    ptq, distill = first("ptq", "ptq.partial"), first("distill", "distill.partial")
+    ptq_rows = ptq["rows"] if isinstance(ptq, dict) else (ptq or [])
+    distill_rows = distill["rows"] if isinstance(distill, dict) else (distill or [])
+    return {"rows": ptq_rows + distill_rows, "long": first("long"), "meta": ptq.get("meta") if isinstance(ptq, dict)
+            else None, "texts": ptq.get("texts") if isinstance(ptq, dict) else None}
+
+
+def _correct_weight_bytes(model, rows):
+    """Runs before the fix in ``weight_bytes_per_token`` also counted Brevitas' scale / zero-point parameters as
+    fp16 "other" weights (they are in the linears' bytes already): recompute "other" from the config (embedding,
+    an untied head, norms in fp16) and keep the raw figure beside it."""
+    from transformers import AutoConfig
+
+    from accllm.quant.model import resolve_model
+
+    src = resolve_model(model)
+    cfg = AutoConfig.from_pretrained(src.folder, **src.hf_kwargs())
+    other = 2 * (cfg.vocab_size * cfg.hidden_size * (1 if cfg.tie_word_embeddings else 2)
+                 + cfg.hidden_size * (2 * cfg.num_hidden_layers + 1))
+    fixed = {}
+    for r in rows:
+        wb = r.get("weight_bytes")
+        if wb and wb["other_fp16"] != other:
+            r["weight_bytes_raw"] = dict(wb)
+            extra = wb["other_fp16"] - other
+            wb.update(other_fp16=other, total=wb["decoder_linears"] + other, fp16_total=wb["fp16_total"] - extra)
+            fixed[r["weight_bytes_raw"]["total"]] = r["weight_bytes_per_token"] = wb["total"]
+    for r in rows:  # rows that carry only the total (distilled rows)
+        if "weight_bytes" not in r and r.get("weight_bytes_per_token") in fixed:
+            r["weight_bytes_per_token_raw"] = r["weight_bytes_per_token"]
+            r["weight_bytes_per_token"] = fixed[r["weight_bytes_per_token"]]
+
+
+def report(a):
+    """Merge the stage files of one or more runs (``--runs``, in order; each run's rows are compared with that
+    run's own FP row, since runs may score different numbers of Python tokens)."""
+    runs = [Path(r) for r in (a.runs.split(",") if a.runs else [str(a.out)])]
+    rows, long_ctx, texts = [], None, None
+    for i, run in enumerate(runs):
+        d = _load_run(run, a.name)
+        fp = next((r for r in d["rows"] if r["config"].startswith("FP")), None)
+        for r in d["rows"]:
+            if r is fp and any(x["config"] == r["config"] and (x["english"], x["python"]) == (r["english"], r["python"])
+                                for x in rows):
+                continue
+            if fp is None:  # a distill-only run: compare with the FP of the run whose checkpoints it distilled
+                fp = next(x for x in rows if x["config"].startswith("FP"))
+            rows.append({**r, "run": i, "ratio_to_fp": {k: r[k] / fp[k] for k in ("english", "python")}})
+        long_ctx = d["long"] or long_ctx
+        texts = d["texts"] or texts
+    _correct_weight_bytes(a.model, rows)
+    result = {"model": a.name, "texts": texts, "context": a.context, "rows": rows, "long_context": long_ctx,
+              "runs": [str(r) for r in runs],
+              "fp_note": "FP = the GGUF's Q4_1 weights (Q8_0 embedding) dequantised to float32" if
+              a.name.lower().startswith("smollm2") else None}
+    jpath = a.out / f"quality_{a.name}.json"
+    jpath.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+    print(f"wrote {jpath}")
+    plot(result, a.out / f"quality_{a.name}.png")
+    print(f"wrote {a.out / f'quality_{a.name}.png'}")
+    for r in rows:
+        print(f"run {r['run']} {r['config']:50s} english {r['english']:9.2f} ({r['ratio_to_fp']['english']:7.2f}x)  "
+              f"python {r['python']:9.2f} ({r['ratio_to_fp']['python']:7.2f}x)")
+
+
+def plot(result, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(15, 5.5))
+    rows = result["rows"]
+    ax = axes[0]
+    y = range(len(rows))
+    ax.barh([i - 0.2 for i in y], [r["ratio_to_fp"]["english"] for r in rows], 0.4, label="held-out English")
+    ax.barh([i + 0.2 for i in y], [r["ratio_to_fp"]["python"] for r in rows], 0.4, label="Python docs (test)")
+    for x, c in ((1.5, "tab:green"), (3.0, "tab:red")):
+        ax.axvline(x, color=c, ls="--", lw=1, label=f"{x}x target")
+    ax.set_xscale("log")
+    ax.set_yticks(list(y), [f"{r['config']} [run {r.get('run', 0)}]" for r in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("perplexity / FP perplexity (FP = Q4_1 GGUF dequantised)")
+    ax.legend(fontsize=7)
+    ax.set_title(f"{result['model']}: each component alone, then together")
+    lc = result.get("long_context")
+    ax = axes[1]
+    if lc:
+        b = lc["bucket"]
+        for label, curve in lc["bucketed_perplexity"].items():
+            ax.plot([(i + 0.5) * b for i in range(len(curve))], curve, marker=".", label=label)
+        ax.axvline(lc["trained_context"], color="gray", ls=":", label="trained context")
+        ax.set_xlabel("token position in the held-out English stream")
+        ax.set_ylabel(f"perplexity (buckets of {b})")
+        ax.set_title("float model: full attention vs Λ")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--stages", default="ptq,distill,long")
+    ap.add_argument("--context", type=int, default=512, help="perplexity window (stride half)")
+    ap.add_argument("--python-tokens", type=int, default=16384)
+    ap.add_argument("--english-tokens", type=int, default=None, help="cut the English test stream (smoke runs)")
+    ap.add_argument("--english-dir", type=Path, default=ENGLISH_DIR)
+    ap.add_argument("--calib-samples", type=int, default=BASE["calib_samples"])
+    ap.add_argument("--components", default="all", help="'all' or a comma list of component rows to run")
+    ap.add_argument("--distill", default="w4,w2", help="which together-configurations to distil")
+    ap.add_argument("--distill-seconds", type=float, default=120)
+    ap.add_argument("--generated", type=int, default=1024, help="teacher generations for distillation")
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--save-checkpoints", action="store_true")
+    ap.add_argument("--eval-before", action="store_true", help="distill: measure the loaded checkpoint first")
+    ap.add_argument("--lambda-contexts", action="store_true", help="distilled models: Λ vs full at 1x/2x/4x too")
+    ap.add_argument("--work", type=Path, default=Path("runs/quality_work"))
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--runs", default=None, help="report: comma list of run folders to merge (default: --out)")
+    ap.add_argument("--name", default=None, help="result file name part (default: the model's name or file stem)")
+    a = ap.parse_args(argv)
+    a.name = a.name or (a.model if "/" not in a.model and "." not in a.model else Path(a.model).stem.split(".")[0])
+    a.distill = [k for k in a.distill.split(",") if k]
+    BASE["calib_samples"] = a.calib_samples
+    stages = a.stages.split(",")
+    a.out.mkdir(parents=True, exist_ok=True)
+    if stages == ["report"]:
+        return report(a)
+    a.work.mkdir(parents=True, exist_ok=True)
+    from accllm.quant.quantize import pick_device
+
+    dev = pick_device(a.device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    fp, tok = load_model(a.model)
+    txt = texts(tok, a.english_dir, a.python_tokens, a.english_tokens)
+    fns = {"ptq": stage_ptq, "distill": stage_distill, "long": stage_long}
+    for stage in stages:
+        t0 = time.time()
+        res = fns[stage](a, fp, tok, txt, dev)
+        res["meta"] = {"seconds": time.time() - t0, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda"
+                       else "cpu", "torch": torch.__version__, "argv": argv}
+        res.update(context=a.context, texts={
+            "english_test": list(ENGLISH_SPLITS["test"]), "english_train": list(ENGLISH_SPLITS["train"]),
+            "english_sha256_16": english_fingerprint(a.english_dir), "english_test_tokens": len(txt["english"]),
+            "python_test_tokens": len(txt["python"])})
+        path = a.out / f"quality_{a.name}.{stage}.json"
+        path.write_text(json.dumps(res, indent=1, ensure_ascii=False))
+        print(f"wrote {path} ({time.time() - t0:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
