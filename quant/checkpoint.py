@@ -7,7 +7,7 @@ Directory layout (``save_compressed`` / ``load_compressed``)::
     compressed.safetensors
         <linear>.codes        uint8 [out, in*bits/8]  weight codes, packed LSB-first (8 % bits == 0),
                                                       else uint8 [out, in] one code per byte
-        <linear>.scales       float32 [out, in/G]
+        <linear>.scales       float32 [out, in/G]     read back as fp16 values (what the engine streams)
         <linear>.zero_points  uint8 [out, in/G]
         <linear>.mask         uint8 [out, in/8]       2:4 keep-mask, np.packbits (big-endian bits)
         <linear>.weight       float16 [out, in]       only when weights are not quantised
@@ -258,6 +258,9 @@ def _read(path: Path, layers: list[int] | None = None, verify_files: bool = True
                 tensors[f"{_LAYER_PREFIX}{renumber[index]}.{rest}"] = f.get_tensor(key)
             else:
                 tensors[key] = f.get_tensor(key)
+    for key in tensors:
+        if key.endswith(".scales"):  # the engine's weight stream holds fp16 scales; every reader sees those
+            tensors[key] = tensors[key].half().float()
     return tensors, meta["settings"]
 
 

@@ -35,7 +35,7 @@ def _check_near_ties_only(r):
 
 def test_golden_matches_brevitas_teacher_forced(flow, brevitas):
     r = _teacher_forced(flow[0], brevitas, PROMPTS[:4], 12)
-    # Measured on the bundled QAT checkpoint: 48/48 agree, max_abs 0.16, max_rel 0.019.
+    # Measured on the bundled QAT checkpoint (fp16 scales on both sides): 48/48 agree, max_abs 0.17, max_rel 0.020.
     assert r["steps"] == 48 and r["agreement"] >= 0.95, r
     assert r["max_rel"] < 0.05 and r["max_abs"] < 0.5, r
     _check_near_ties_only(r)
@@ -44,7 +44,7 @@ def test_golden_matches_brevitas_teacher_forced(flow, brevitas):
 @pytest.mark.slow
 def test_golden_matches_brevitas_teacher_forced_20_prompts(flow, brevitas):
     r = _teacher_forced(flow[0], brevitas, PROMPTS, 20)
-    # Measured: 399/400 agree (the one disagreement has a Brevitas top-2 gap of 0.012), max_abs 0.23, max_rel 0.030.
+    # Measured: 395/400 agree (largest Brevitas top-2 gap where they differ 0.16), max_abs 0.21, max_rel 0.025.
     assert r["steps"] == 400 and r["agreement"] >= 0.98, r
     assert r["max_rel"] < 0.05 and r["max_abs"] < 0.5, r
     _check_near_ties_only(r)
