@@ -392,14 +392,6 @@ def create_app(backend, tokenizer, model_name: str = "accllm", limits: ServeLimi
     return app
 
 
-def _tokenizer_dir(build):
-    """The folder that holds the build's tokenizer.json (where its chat template would be)."""
-    for p in (build.root, build.path, build.checkpoint()):
-        if (p / "tokenizer.json").is_file():
-            return p
-    raise FileNotFoundError(f"{build.root} has no tokenizer.json")
-
-
 def serve_command(a) -> int:
     import uvicorn
 
@@ -413,7 +405,7 @@ def serve_command(a) -> int:
                          request_timeout_s=a.request_timeout).check()
     build = BuildDir(a.build)
     tok = build.tokenizer()
-    chat = ChatTemplate.from_dir(_tokenizer_dir(build))
+    chat = ChatTemplate.from_dir(build.tokenizer_dir())
 
     def reopen():
         return open_backend(a.backend, a.build, **backend_options(a))

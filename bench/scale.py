@@ -1,0 +1,208 @@
+"""Time and peak resident memory of quantize -> export -> compile per model size.
+
+    python bench/scale.py                          # bundled, smollm2, llama-1b-dims-4l, llama-1b-dims
+    python bench/scale.py --sizes llama-1b-dims,llama-7b-dims    # the full sizes, measured
+
+Random-weight models (Llama-3.2-1B-like and Llama-2-7B dims, the bundled tokenizer, fp16 weights in one
+safetensors shard per decoder layer as Hugging Face shards them) are made in a temporary folder and deleted
+afterwards; nothing of them is committed. Each step runs as the ``accllm`` command in a fresh subprocess that
+reports its own peak RSS (VmHWM; with getrusage for its children, e.g. g++). Compression: 2:4 (Wanda) + W2 RTN +
+A8KV4 + Λ, group 32, 4 calibration windows of 64 tokens, no perplexity evaluation.
+
+Writes bench/results/scale.json: per size and step the seconds and peak RSS, and projections to the 16-layer 1B
+dims and the 7B dims from two measured layer counts (2 and 4) of the 1B dims, labelled as such (on this shared
+2-core machine the full sizes take hours; run them with --sizes when a machine allows).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "results" / "scale.json"
+BUNDLED_TOKENIZER = ROOT / "quant" / "bundled" / "tiny-llama"
+
+RANDOM_DIMS = {
+    "llama-1b-dims-2l": dict(hidden_size=2048, num_hidden_layers=2, num_attention_heads=32, num_key_value_heads=8,
+                             intermediate_size=8192, vocab_size=32000),
+    "llama-1b-dims-4l": dict(hidden_size=2048, num_hidden_layers=4, num_attention_heads=32, num_key_value_heads=8,
+                             intermediate_size=8192, vocab_size=32000),
+    "llama-1b-dims": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                          intermediate_size=8192, vocab_size=32000),
+    "llama-7b-dims": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                          intermediate_size=11008, vocab_size=32000),
+}
+SIZES = ["bundled", "smollm2", "llama-1b-dims-2l", "llama-1b-dims-4l"]
+QUANTIZE_ARGS = ["--sparsity", "2:4", "--prune-method", "wanda", "--weight-bits", "2", "--weight-method", "rtn",
+                 "--act-bits", "8", "--kv-bits", "4", "--group-size", "32", "--calib-samples", "4",
+                 "--calib-seqlen", "64", "--eval-tokens", "0", "--device", "cpu"]
+
+# Runs one accllm command and prints its peak RSS (KiB) as the last line. VmHWM is this process image's own peak:
+# getrusage(RUSAGE_SELF).ru_maxrss would keep the launching process's size across fork + exec.
+CHILD = ("import json, re, resource, sys\n"
+         "from accllm.host.cli import main\n"
+         "rc = main(sys.argv[1:])\n"
+         "hwm = int(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1))\n"
+         "print('SCALE_RSS ' + json.dumps({'rc': rc, 'self_kib': hwm, "
+         "'children_kib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))\n"
+         "sys.exit(rc)\n")
+
+
+def layer_params(d: dict) -> int:
+    h, i = d["hidden_size"], d["intermediate_size"]
+    kv = h // d["num_attention_heads"] * d["num_key_value_heads"]
+    return 2 * h * h + 2 * h * kv + 3 * h * i + 2 * h
+
+
+def total_params(d: dict) -> int:
+    return d["num_hidden_layers"] * layer_params(d) + 2 * d["vocab_size"] * d["hidden_size"] + d["hidden_size"]
+
+
+def make_random_model(folder: Path, dims: dict, seed: int = 0) -> Path:
+    """A random Llama in ``folder``: config, bundled tokenizer, one fp16 safetensors shard per decoder layer."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = LlamaConfig(**dims, max_position_embeddings=2048, tie_word_embeddings=False,
+                      bos_token_id=1, eos_token_id=2)
+    cfg.save_pretrained(folder)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(BUNDLED_TOKENIZER / f, folder / f)
+    g = torch.Generator().manual_seed(seed)
+    h, i, n = dims["hidden_size"], dims["intermediate_size"], dims["num_hidden_layers"]
+    kv = h // dims["num_attention_heads"] * dims["num_key_value_heads"]
+
+    def rnd(*shape):
+        return (torch.randn(*shape, generator=g) * 0.02).half()
+
+    index, shards = {}, n + 1
+    name = "model-{:05d}-of-{:05d}.safetensors"
+    outer = {"model.embed_tokens.weight": rnd(dims["vocab_size"], h), "lm_head.weight": rnd(dims["vocab_size"], h),
+             "model.norm.weight": torch.ones(h, dtype=torch.half)}
+    save_file(outer, str(folder / name.format(1, shards)))
+    index.update({k: name.format(1, shards) for k in outer})
+    for layer in range(n):
+        p = f"model.layers.{layer}."
+        t = {p + "self_attn.q_proj.weight": rnd(h, h), p + "self_attn.k_proj.weight": rnd(kv, h),
+             p + "self_attn.v_proj.weight": rnd(kv, h), p + "self_attn.o_proj.weight": rnd(h, h),
+             p + "mlp.gate_proj.weight": rnd(i, h), p + "mlp.up_proj.weight": rnd(i, h),
+             p + "mlp.down_proj.weight": rnd(h, i), p + "input_layernorm.weight": torch.ones(h, dtype=torch.half),
+             p + "post_attention_layernorm.weight": torch.ones(h, dtype=torch.half)}
+        save_file(t, str(folder / name.format(layer + 2, shards)))
+        index.update({k: name.format(layer + 2, shards) for k in t})
+        del t
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": index}))
+    return folder
+
+
+def run_step(argv: list[str], log: Path) -> dict:
+    """One accllm command in a fresh interpreter: seconds, peak RSS (GiB), exit status."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        p = subprocess.run([sys.executable, "-c", CHILD, *argv], stdout=subprocess.PIPE, stderr=f, text=True, env=env)
+    seconds = time.perf_counter() - t0
+    f_out = p.stdout.strip().splitlines()
+    rss = next((json.loads(x.split(" ", 1)[1]) for x in reversed(f_out) if x.startswith("SCALE_RSS ")), None)
+    if p.returncode != 0 or rss is None:
+        tail = log.read_text()[-800:]
+        return {"ok": False, "seconds": round(seconds, 1), "rc": p.returncode, "error_tail": tail}
+    peak = max(rss["self_kib"], rss["children_kib"]) / 2**20
+    return {"ok": True, "seconds": round(seconds, 1), "peak_rss_gib": round(peak, 3)}
+
+
+def measure(size: str, work: Path) -> dict:
+    model = size
+    rec: dict = {"size": size}
+    if size in RANDOM_DIMS:
+        t0 = time.perf_counter()
+        model = str(make_random_model(work / "model", RANDOM_DIMS[size]))
+        rec["dims"] = RANDOM_DIMS[size]
+        rec["params"] = total_params(RANDOM_DIMS[size])
+        rec["make_model_seconds"] = round(time.perf_counter() - t0, 1)
+    steps = [("quantize", ["quantize", model, "-o", str(work / "ckpt"), *QUANTIZE_ARGS]),
+             ("export", ["export", str(work / "ckpt"), "-o", str(work / "export")]),
+             ("compile", ["compile", str(work / "export"), "-o", str(work / "build"), "--target", "kv260"])]
+    rec["steps"] = {}
+    for step, argv in steps:
+        print(f"[{size}] {step} ...", flush=True)
+        r = run_step(argv, work / f"{step}.log")
+        rec["steps"][step] = r
+        print(f"[{size}] {step}: {json.dumps(r)[:300]}", flush=True)
+        if not r["ok"]:
+            break
+    done = [r for r in rec["steps"].values() if r["ok"]]
+    rec["total_seconds"] = round(sum(r["seconds"] for r in done), 1)
+    rec["peak_rss_gib"] = max((r["peak_rss_gib"] for r in done), default=None)
+    if (work / "build" / "weights.blob").is_file():
+        rec["blob_bytes"] = (work / "build" / "weights.blob").stat().st_size
+    return rec
+
+
+def project(results: dict, target: str, small: str = "llama-1b-dims-2l", big: str = "llama-1b-dims-4l") -> dict | None:
+    """Per step, a line through two layer counts of the same dims (seconds and GiB per layer, and the rest), with
+    the per-layer part scaled by the target's parameters per layer and the rest by its embedding size."""
+    a, b = results.get(small), results.get(big)
+    if not a or not b or not all(s in a["steps"] and s in b["steps"] for s in ("quantize", "export", "compile")):
+        return None
+    da, db, dt = RANDOM_DIMS[small], RANDOM_DIMS[big], RANDOM_DIMS[target]
+    nl = db["num_hidden_layers"] - da["num_hidden_layers"]
+    layer_ratio = layer_params(dt) / layer_params(db)
+    embed_ratio = dt["vocab_size"] * dt["hidden_size"] / (db["vocab_size"] * db["hidden_size"])
+    out = {"label": f"PROJECTION, not a measurement: per-layer slope between {small} and {big}, scaled by parameters "
+                    f"per layer ({layer_ratio:.2f}x) for {dt['num_hidden_layers']} layers, the rest scaled by the "
+                    f"embedding size ({embed_ratio:.2f}x)", "steps": {}}
+    for step in ("quantize", "export", "compile"):
+        sa, sb = a["steps"][step], b["steps"][step]
+        if not (sa["ok"] and sb["ok"]):
+            continue
+        proj = {}
+        for key in ("seconds", "peak_rss_gib"):
+            slope = (sb[key] - sa[key]) / nl
+            rest = sa[key] - slope * da["num_hidden_layers"]
+            proj[key] = round(slope * layer_ratio * dt["num_hidden_layers"] + max(rest, 0) * embed_ratio, 2)
+            proj[key + "_per_layer_measured"] = round(slope, 4)
+        out["steps"][step] = proj
+    out["total_seconds"] = round(sum(s["seconds"] for s in out["steps"].values()), 1)
+    out["peak_rss_gib"] = max(s["peak_rss_gib"] for s in out["steps"].values())
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default=",".join(SIZES), help=f"comma-separated from bundled, smollm2, {', '.join(RANDOM_DIMS)}")
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--keep", type=Path, default=None, help="keep the work folders here (default: a deleted temp dir)")
+    a = ap.parse_args()
+    results = json.loads(a.out.read_text()).get("sizes", {}) if a.out.is_file() else {}
+    for size in a.sizes.split(","):
+        with tempfile.TemporaryDirectory(prefix=f"scale_{size}_") as tmp:
+            work = (a.keep / size) if a.keep else Path(tmp)
+            if work.exists() and a.keep:
+                shutil.rmtree(work)
+            work.mkdir(parents=True, exist_ok=True)
+            results[size] = measure(size, work)
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"machine": f"{os.cpu_count()} CPU cores (shared with other work), "
+                          f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB",
+               "compression": " ".join(QUANTIZE_ARGS), "sizes": results,
+               "projections": {t: project(results, t) for t in ("llama-1b-dims", "llama-7b-dims")}}
+        a.out.write_text(json.dumps(doc, indent=1))
+        print(f"wrote {a.out}")
+    for size, r in results.items():
+        steps = "  ".join(f"{k} {v['seconds']} s {v.get('peak_rss_gib', '-')} GiB" for k, v in r["steps"].items())
+        print(f"{size:18s} {steps}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
