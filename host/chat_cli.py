@@ -16,7 +16,7 @@ from .backends import open_backend
 from .build import BuildDir
 from .chat import ChatTemplate
 from .generate import Generation
-from .run import add_backend_arguments, add_sampling_arguments, backend_options, describe
+from .run import add_backend_arguments, add_sampling_arguments, backend_options, describe, stream
 from .sampling import SamplingParams
 
 
@@ -41,15 +41,7 @@ class ChatSession:
 
     def turn(self, backend, user_text: str, out=None) -> Generation:
         """Stream one reply to ``out``; the user turn and the reply join the history."""
-        out = out or sys.stdout
-        gen = Generation(backend, self.tok, self.prompt_ids(user_text), self.params)
-        try:
-            for ev in gen:
-                out.write(ev.text)
-                out.flush()
-        finally:
-            gen.close()
-        out.write("\n")
+        gen = stream(backend, self.tok, self.prompt_ids(user_text), self.params, out, echo_prompt=False)
         self.messages += [{"role": "user", "content": user_text}, {"role": "assistant", "content": gen.text.strip()}]
         return gen
 

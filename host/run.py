@@ -17,12 +17,15 @@ def sampling_from_args(a, tokenizer) -> SamplingParams:
                           stop=tuple(a.stop or ())).validate()
 
 
-def stream(backend, tokenizer, prompt, params, out=None, max_prompt_tokens: int | None = None) -> Generation:
-    """Print the prompt, then each token's text as it arrives; returns the finished :class:`Generation`."""
+def stream(backend, tokenizer, prompt, params, out=None, max_prompt_tokens: int | None = None,
+           echo_prompt: bool = True) -> Generation:
+    """Print the prompt (unless ``echo_prompt`` is off), then each token's text as it arrives; returns the finished
+    :class:`Generation`."""
     out = out or sys.stdout
     gen = Generation(backend, tokenizer, prompt, params, max_prompt_tokens=max_prompt_tokens)
-    out.write(prompt if isinstance(prompt, str) else tokenizer.decode(prompt))
-    out.flush()
+    if echo_prompt:
+        out.write(prompt if isinstance(prompt, str) else tokenizer.decode(prompt))
+        out.flush()
     try:
         for ev in gen:
             out.write(ev.text)
