@@ -309,16 +309,19 @@ def test_queue_full_is_a_503_with_retry_after(tok):
         pending = [threading.Thread(target=httpx.post, args=(f"{url}/v1/completions",), kwargs={"json": body,
                                                                                               "timeout": 30})
                    for _ in range(2)]
-        for t in pending:
-            t.start()
         try:
+            # One at a time: two posts racing the worker's first dequeue could find the queue full themselves.
+            pending[0].start()
+            assert wait_for(lambda: app.state.worker.current is not None)
+            pending[1].start()
             assert wait_for(lambda: app.state.worker.jobs.qsize() == 1 and app.state.worker.current is not None)
             with pytest.raises(openai.InternalServerError) as e:
                 client(url).completions.create(**body)
         finally:
             backend.gate.set()
             for t in pending:
-                t.join(timeout=30)
+                if t.ident is not None:
+                    t.join(timeout=30)
     assert e.value.status_code == 503 and e.value.response.headers["retry-after"] == "3"
 
 
