@@ -3,11 +3,14 @@
 Container: :mod:`accllm.hls.container` (magic ``ACLBLOB``, versioned, sha256). The payload is a sequence
 of 64-byte-aligned sections listed in the metadata (``sections: {name: {offset, nbytes, dtype, shape}}``):
 
-    embed                          float16 [V, H]          token embedding = lm_head (tied)
+    embed                          float16 [V, H]          token embedding (EMBED reads a row; not the head)
     final_norm                     float32 [H]
-    inv_freq                       float32 [D/2]           RoPE inverse frequencies
+    rope_table                     float32 [6, 64, 2, D/2] RoPE cos / sin rows per base-64 digit of a position
+                                                           (accllm.sim.nonlinear.rope_table)
     layers.{i}.input_norm          float32 [H]
     layers.{i}.post_norm           float32 [H]
+    lm_head.stream                 uint8 [bytes]           the LM head in the weight stream: DENSE records of 4-bit
+                                                           codes (the LINEAR sections' format, wbits 4)
     layers.{i}.{linear}.stream     uint8 [bytes]           the linear in the weight stream (accllm.sim.weight_stream,
                                                            KERNEL_STREAM: one core, so one record per row and
                                                            group in row order): DENSE or 2:4 SPARSE records of
@@ -28,18 +31,20 @@ VERSION = 1
 ALIGN = 64
 
 
-def kernel_stream_format(group: int, lanes: int):
+def kernel_stream_format(group: int, lanes: int, wbits: int = 2):
     """The weight-stream parameters of the blob's linears: the C-simulated kernel feeds one core."""
     from accllm.sim.weight_stream import StreamFormat
 
-    return StreamFormat(wbits=2, group=group, lanes=lanes, cores=1, channel_bits=128)
+    return StreamFormat(wbits=wbits, group=group, lanes=lanes, cores=1, channel_bits=128)
 
 
 def pack_linear_stream(lin, group: int, lanes: int, sparse: bool) -> np.ndarray:
-    """One linear (``accllm.sim.golden.LinearInts``, whose scales are fp16 values) in the weight stream."""
+    """One linear (``accllm.sim.golden.LinearInts``, whose scales are fp16 values, codes ``lin.wbits`` wide) in the
+    weight stream."""
     from accllm.sim.weight_stream import pack_linear
 
-    return np.frombuffer(pack_linear(lin, kernel_stream_format(group, lanes), sparse), np.uint8)
+    fmt = kernel_stream_format(group, lanes, getattr(lin, "wbits", 2))
+    return np.frombuffer(pack_linear(lin, fmt, sparse), np.uint8)
 
 
 class BlobWriter:

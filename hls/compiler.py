@@ -14,15 +14,20 @@ Operands and the graph fields they come from:
     RMSNORM     weight_off, n      the RMSNorm's weight initializer [H]; eps (one per engine) its Add constant
     LINEAR      stream, mode       weight Quant's (W, scale, zeropt) [N, K/G, G] x the 2:4 mask; G = last dim;
                                    scales rounded to fp16 (the stream's); SPARSE when every linear is masked 2:4
-    ATTENTION   inv_freq_off       embed.onnx's inverse frequencies [D/2]; heads / kv_heads / D from the q, k
+    ATTENTION   rope_off           the RoPE table (accllm.sim.nonlinear.rope_table) of embed.onnx's inverse
+                                   frequencies [D/2]; heads / kv_heads / D from the q, k
                                    linear shapes and the head Reshape; sinks / window from the Λ mask's Less
                                    constants; 1/sqrt(D) checked on the score Mul
     ADD         n                  the residual Add (stream + block)
     SILU_MUL    n                  Mul(Mul(g, Sigmoid(g)), u); n = gate N
-    LMHEAD      head_off           lm_head.onnx MatMul's weight [H, V] (the embedding's section when tied)
+    LMHEAD      stream, wbits      lm_head.onnx: the final RMSNorm, then a quantised linear like LINEAR's (weight
+                                   Quant [V, H/G, G], 4-bit, dense) -> a DENSE W4 section ``lm_head.stream``;
+                                   linear index layers * 7; its trace fields in the head region
+                                   (accllm.sim.golden.head_trace_fields, metadata ``trace.head``)
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +40,8 @@ from accllm.hls import onnx_patterns as pat
 from accllm.hls import program as prog
 from accllm.hls.export import read_manifest
 from accllm.sim import golden_core as core
-from accllm.sim.golden import LINEARS, Dims, GoldenWeights, LinearInts, trace_fields
+from accllm.sim import nonlinear
+from accllm.sim.golden import LINEARS, Dims, GoldenWeights, LinearInts, head_trace_fields, trace_fields
 
 DEFAULT_LANES = 16
 DEFAULT_PREFILL_BLOCK = 32  # prompt tokens per weight pass (engine parameter T)
@@ -92,23 +98,100 @@ def read_graphs(export_path, progress: bool = True) -> GraphModel:
     dims = _dims(emb, layers, head)
     linears, norms = [], []
     for m in layers:
-        layer = {}
-        for b in m.blocks:
-            if b.norm["weight"].shape != (dims.hidden,):
-                raise pat.GraphRefused(f"{m.file}: node {b.norm['node']!r} (Mul): RMSNorm weight "
-                                       f"{b.norm['weight'].shape}, expected [{dims.hidden}]")
-            for role, lin in b.linears.items():
-                if lin.shape != dims.linear_shape(role):
-                    raise pat.GraphRefused(f"{m.file}: node {lin.weight_node!r} (Quant): {role} weight {lin.shape}, "
-                                           f"expected {dims.linear_shape(role)}")
-                layer[role] = _linear_ints(m.file, lin, dims)
+        layer, layer_norms = _layer_weights(m, dims)
         linears.append(layer)
-        norms.append(tuple(torch.from_numpy(m.block(k).norm["weight"].copy()) for k in BLOCK_ORDER))
-    embed, lm_head = torch.from_numpy(emb.embed.copy()), torch.from_numpy(head.lm_head.copy())
-    w = GoldenWeights(dims, embed, norms, torch.from_numpy(head.norm["weight"].copy()),
-                      torch.from_numpy(emb.inv_freq.copy()), linears,
-                      lm_head=None if torch.equal(lm_head, embed) else lm_head)  # None: tied
-    return GraphModel(w, [[b.kind for b in m.blocks] for m in layers])
+        norms.append(layer_norms)
+    return GraphModel(_outer_weights(emb, head, dims, norms, linears), [[b.kind for b in m.blocks] for m in layers])
+
+
+def _outer_weights(emb: pat.EmbedMatch, head: pat.HeadMatch, dims: Dims, norms: list, linears: list) -> GoldenWeights:
+    h = head.lm_head
+    lm_head = LinearInts(torch.from_numpy(h.codes), torch.from_numpy(h.zeros), torch.from_numpy(h.scales),
+                         wbits=pat.HEAD_BITS)  # codes one byte each, as the layers' (the largest arrays held)
+    return GoldenWeights(dims, torch.from_numpy(emb.embed.copy()), norms, torch.from_numpy(head.norm["weight"].copy()),
+                         torch.from_numpy(emb.inv_freq.copy()), linears, lm_head=lm_head)
+
+
+def _layer_weights(m: pat.LayerMatch, dims: Dims) -> tuple[dict, tuple]:
+    """One matched layer's linears ``{role: LinearInts}`` and its (input, post-attention) RMSNorm weights."""
+    layer = {}
+    for b in m.blocks:
+        if b.norm["weight"].shape != (dims.hidden,):
+            raise pat.GraphRefused(f"{m.file}: node {b.norm['node']!r} (Mul): RMSNorm weight "
+                                   f"{b.norm['weight'].shape}, expected [{dims.hidden}]")
+        for role, lin in b.linears.items():
+            if lin.shape != dims.linear_shape(role):
+                raise pat.GraphRefused(f"{m.file}: node {lin.weight_node!r} (Quant): {role} weight {lin.shape}, "
+                                       f"expected {dims.linear_shape(role)}")
+            layer[role] = _linear_ints(m.file, lin, dims)
+    return layer, tuple(torch.from_numpy(m.block(k).norm["weight"].copy()) for k in BLOCK_ORDER)
+
+
+def _light(lin: pat.Linear) -> pat.Linear:
+    """``lin`` without its arrays (same shapes, no memory): what :func:`_dims` checks."""
+    return dataclasses.replace(lin, **{f: np.broadcast_to(np.uint8(0), getattr(lin, f).shape)
+                                       for f in ("codes", "zeros", "scales")})
+
+
+def _stub(m: pat.LayerMatch) -> pat.LayerMatch:
+    """``m`` without its weight arrays: what :func:`_dims` checks across layers."""
+    return dataclasses.replace(m, blocks=[dataclasses.replace(b, linears={r: _light(x) for r, x in b.linears.items()})
+                                          for b in m.blocks])
+
+
+@dataclass
+class GraphStream:
+    """An export read one decoder-layer graph at a time: ``weights`` holds the dimensions, embedding, head and
+    final norm (no layers); :meth:`layers` yields each layer's ``(linears, norms, block kinds)`` in order, the
+    previous one's arrays released, each checked against the layers before it as :func:`read_graphs` checks."""
+    weights: GoldenWeights
+    files: list
+    emb: pat.EmbedMatch
+    head: pat.HeadMatch
+    first: pat.LayerMatch | None
+    progress: bool = True
+
+    def layers(self):
+        from tqdm import tqdm
+
+        stubs = []
+        for i, f in enumerate(tqdm(self.files, desc="compile layers", disable=not self.progress)):
+            m, self.first = (self.first, None) if i == 0 else (pat.match_layer(f), None)
+            if m.meta.get("accllm_layer", str(i)) != str(i):
+                raise pat.GraphRefused(f"{m.file}: metadata says layer {m.meta['accllm_layer']}, listed as layer {i}")
+            stubs.append(_stub(m))
+            dims = dataclasses.replace(_dims(self.emb, stubs, self.head), layers=self.weights.dims.layers)
+            if dims != self.weights.dims:  # e.g. a later layer's intermediate size, which _dims takes from layer 0
+                raise pat.GraphRefused(f"{m.file}: dimensions {dims} differ from {self.weights.dims}")
+            linears, norms = _layer_weights(m, dims)
+            kinds = [b.kind for b in m.blocks]
+            del m
+            yield linears, norms, kinds
+            del linears, norms
+            _release_freed_memory()
+
+
+def _release_freed_memory() -> None:
+    from accllm.quant.checkpoint import _release_freed_memory as release
+
+    release()
+
+
+def stream_graphs(export_path, progress: bool = True) -> GraphStream:
+    """Match ``embed.onnx``, ``lm_head.onnx`` and the first layer graph (for the dimensions); the layers follow
+    one at a time from :meth:`GraphStream.layers`, so memory holds one layer graph however many there are."""
+    d, manifest = read_manifest(export_path)
+    files = [d / manifest["embed"]] + [d / f for f in manifest["layers"]] + [d / manifest["lm_head"]]
+    pat.check_chain(files)
+    if not manifest["layers"]:
+        raise pat.GraphRefused(f"{d}: the export has no decoder-layer graphs")
+    emb, head = pat.match_embed(files[0]), pat.match_head(files[-1])
+    first = pat.match_layer(files[1])
+    dims = dataclasses.replace(_dims(emb, [_stub(first)], head), layers=len(manifest["layers"]))
+    w = _outer_weights(emb, head, dims, [], [])
+    emb = dataclasses.replace(emb, embed=np.broadcast_to(np.float32(0), emb.embed.shape))  # w holds the tables now
+    head = dataclasses.replace(head, lm_head=_light(head.lm_head))
+    return GraphStream(w, files[1:-1], emb, head, first, progress)
 
 
 def _dims(emb: pat.EmbedMatch, layers: list, head: pat.HeadMatch) -> Dims:
@@ -134,6 +217,9 @@ def _dims(emb: pat.EmbedMatch, layers: list, head: pat.HeadMatch) -> Dims:
     vocab, hidden = emb.embed.shape
     if emb.inv_freq.shape != (heads[2] // 2,):
         raise pat.GraphRefused(f"{emb.file}: {emb.inv_freq.shape[0]} RoPE frequencies for heads of {heads[2]}")
+    if head.lm_head.group != group:
+        raise pat.GraphRefused(f"{head.file}: node {head.lm_head.weight_node!r} (Quant): LM head group size "
+                               f"{head.lm_head.group}, the layers' is {group}; the engine runs one group size")
     if head.lm_head.shape != (vocab, hidden) or head.norm["weight"].shape != (hidden,):
         raise pat.GraphRefused(f"{head.file}: node {head.node!r} (MatMul): LM head {head.lm_head.shape} / final norm "
                                f"{head.norm['weight'].shape} do not fit a vocabulary of {vocab} and {hidden} channels")
@@ -146,9 +232,10 @@ def _linear_ints(file: str, lin: pat.Linear, dims: Dims) -> LinearInts:
     out = LinearInts(torch.from_numpy(lin.codes), torch.from_numpy(lin.zeros), torch.from_numpy(lin.scales))
     if dims.sparse:
         try:
-            out.vals, out.pos = core.sparse_from_dense(out.codes, out.zeros, dims.group)
+            vals, pos = core.sparse_from_dense(out.codes, out.zeros, dims.group)
         except ValueError as e:
             raise pat.GraphRefused(f"{file}: node {lin.weight_node!r} (Quant): {e}") from None
+        out.vals, out.pos = vals.to(torch.uint8), pos.to(torch.uint8)  # codes and positions fit a byte
     return out
 
 
@@ -157,18 +244,29 @@ def weights_from_export(export_path, progress: bool = True) -> GoldenWeights:
     return read_graphs(export_path, progress).weights
 
 
-def trace_offsets(dims: Dims) -> dict[str, int]:
+def trace_offsets(dims: Dims) -> dict:
+    """int32 offsets of one layer's trace fields, its ``_size``; ``head``: the head region's fields (relative to
+    the region) and ``offset``: where the region starts in a one-token run (``layers * _size``; in a run of ``n``
+    tokens ``n * layers * _size``, after the last token's layers)."""
     off, out = 0, {}
     for name, shape in trace_fields(dims):
         out[name] = off
         off += int(np.prod(shape))
     out["_size"] = off
+    head, hoff = {}, 0
+    for name, shape in head_trace_fields(dims):
+        head[name] = hoff
+        hoff += int(np.prod(shape))
+    out["head"] = dict(head, _size=hoff, offset=dims.layers * off)
     return out
 
 
-def build_program(w: GoldenWeights, lanes: int, order: list | None = None) -> tuple[list, blobfmt.BlobWriter]:
+def build_program(w: GoldenWeights, lanes: int, order: list | None = None,
+                  layers=None) -> tuple[list, blobfmt.BlobWriter]:
     """Lay out the blob and emit the instruction stream for one token; ``order``: each layer's block kinds in the
-    order its graph computes them (default attention, then MLP)."""
+    order its graph computes them (default attention, then MLP). ``layers``: an iterable of ``(linears, norms,
+    block kinds)`` per decoder layer when ``w`` does not hold them (:meth:`GraphStream.layers`: one at a time, each
+    appended to the blob's spool as it comes)."""
     d = w.dims
     if d.sparse:
         core_stream_check = 2 * lanes
@@ -181,7 +279,7 @@ def build_program(w: GoldenWeights, lanes: int, order: list | None = None) -> tu
     if not torch.equal(w.embed.half().float(), w.embed):
         raise ValueError("embedding is not fp16-representable; the engine stores it as fp16")
     final_off = bw.add("final_norm", w.final_norm.numpy().astype(np.float32))
-    freq_off = bw.add("inv_freq", w.inv_freq.numpy().astype(np.float32))
+    rope_off = bw.add("rope_table", nonlinear.rope_table(w.inv_freq.numpy()))  # cos/sin rows for every position
     tr = trace_offsets(d)
     mode = core.MODE_SPARSE if d.sparse else core.MODE_DENSE
     P = prog
@@ -191,14 +289,16 @@ def build_program(w: GoldenWeights, lanes: int, order: list | None = None) -> tu
           "up_proj": (P.BUF_H, P.BUF_U, None), "down_proj": (P.BUF_G, P.BUF_Y, "down_in_a")}
     acc_field = {"q_proj": "q_acc", "k_proj": "k_acc", "v_proj": "v_acc", "o_proj": "o_acc", "gate_proj": "gate_acc",
                  "up_proj": "up_acc", "down_proj": "down_acc"}
-    for i in range(d.layers):
+    if layers is None:
+        layers = zip(w.linears, w.norms, order or [BLOCK_ORDER] * d.layers)
+    for i, (layer_linears, layer_norms, kinds) in enumerate(layers):
         offs = {}
         for name in LINEARS:
-            lin = w.linears[i][name]
+            lin = layer_linears[name]
             offs[name] = (bw.add(f"layers.{i}.{name}.stream", blobfmt.pack_linear_stream(lin, d.group, lanes, d.sparse)),
                           i * len(LINEARS) + LINEARS.index(name))  # its index in the engine image
-        n_in = bw.add(f"layers.{i}.input_norm", w.norms[i][0].numpy().astype(np.float32))
-        n_post = bw.add(f"layers.{i}.post_norm", w.norms[i][1].numpy().astype(np.float32))
+        n_in = bw.add(f"layers.{i}.input_norm", layer_norms[0].numpy().astype(np.float32))
+        n_post = bw.add(f"layers.{i}.post_norm", layer_norms[1].numpy().astype(np.float32))
 
         def lin_ins(name):
             src, dst, act = io[name]
@@ -206,11 +306,11 @@ def build_program(w: GoldenWeights, lanes: int, order: list | None = None) -> tu
             return P.linear(mode, i, src, dst, offs[name][0], offs[name][1], n, k,
                             tr[act] if act else P.NONE, tr[acc_field[name]])
 
-        for kind in (order[i] if order else BLOCK_ORDER):
+        for kind in kinds:
             if kind == "attention":
                 ins.append(P.Instr(P.OP_RMSNORM, 0, i, (P.BUF_X, P.BUF_H, n_in, d.hidden)))
                 ins += [lin_ins("q_proj"), lin_ins("k_proj"), lin_ins("v_proj")]
-                ins.append(P.Instr(P.OP_ATTENTION, 0, i, (P.BUF_Q, P.BUF_K, P.BUF_V, P.BUF_O, tr["k_code"], freq_off)))
+                ins.append(P.Instr(P.OP_ATTENTION, 0, i, (P.BUF_Q, P.BUF_K, P.BUF_V, P.BUF_O, tr["k_code"], rope_off)))
                 ins.append(lin_ins("o_proj"))
             else:
                 ins.append(P.Instr(P.OP_RMSNORM, 0, i, (P.BUF_X, P.BUF_H, n_post, d.hidden)))
@@ -218,20 +318,25 @@ def build_program(w: GoldenWeights, lanes: int, order: list | None = None) -> tu
                 ins.append(P.Instr(P.OP_SILU_MUL, 0, i, (P.BUF_G, P.BUF_U, d.intermediate)))
                 ins.append(lin_ins("down_proj"))
             ins.append(P.Instr(P.OP_ADD, 0, i, (P.BUF_X, P.BUF_Y, d.hidden)))
-    head = getattr(w, "lm_head", None)
-    head_off = embed_off if head is None or torch.equal(head, w.embed) else bw.add("lm_head", head.half().numpy())
-    if head is not None and not torch.equal(head.half().float(), head):
-        raise ValueError("LM head is not fp16-representable; the engine stores it as fp16")
+    head = w.lm_head
+    if head is None or head.wbits != pat.HEAD_BITS:
+        raise ValueError(f"the engine runs the LM head as a {pat.HEAD_BITS}-bit linear; these weights have "
+                         f"{'none' if head is None else f'{head.wbits}-bit codes'}")
+    head_off = bw.add("lm_head.stream", blobfmt.pack_linear_stream(head, d.group, lanes, False))
+    ht = tr["head"]
     ins.append(P.Instr(P.OP_RMSNORM, 0, 0, (P.BUF_X, P.BUF_H, final_off, d.hidden)))
-    ins.append(P.Instr(P.OP_LMHEAD, 0, 0, (P.BUF_H, head_off)))
+    # layer = layers: the kernel puts the head's trace fields right after the last token's layers (the head region)
+    ins.append(P.lmhead(core.MODE_DENSE, head.wbits, d.layers, P.BUF_H, head_off, d.layers * len(LINEARS), d.vocab,
+                        d.hidden, ht["head_in_a"], ht["head_acc"]))
     ins.append(P.Instr(P.OP_END))
     return ins, bw
 
 
 def compile_export(export_path, out_dir, target: str = "kv260", lanes: int = DEFAULT_LANES,
-                   progress: bool = True, prefill_block: int = DEFAULT_PREFILL_BLOCK) -> CompileResult:
+                   progress: bool = True, prefill_block: int = DEFAULT_PREFILL_BLOCK,
+                   topk: int | None = None) -> CompileResult:
     from accllm.hls import project
-    from accllm.hls.engine_image import write_engine_image
+    from accllm.hls.engine_image import EngineImageWriter, quantised_head
     from accllm.quant.integrity import write_manifest
 
     from accllm.sim.boards import get_board
@@ -239,20 +344,32 @@ def compile_export(export_path, out_dir, target: str = "kv260", lanes: int = DEF
     board = get_board(target)  # the one board table; raises naming the known boards
     if not 1 <= prefill_block <= 1024:
         raise ValueError(f"prefill block must be 1..1024 tokens, got {prefill_block}")
+    if topk is not None and not 1 <= topk <= 1024:
+        raise ValueError(f"topk must be 1..1024 ids, got {topk}")
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    g = read_graphs(export_path, progress)
+    g = stream_graphs(export_path, progress)
     w = g.weights
-    instrs, bw = build_program(w, lanes, g.order)
-    engine = {"lanes": lanes, "prefill_block": prefill_block, "target": target, "part": board.part, "clock_ns": round(1000.0 / board.clock_mhz, 3)}
+    # the engine's memory image + blob_map.json (with the LM head's DENSE W4 section once the weights carry one)
+    image = EngineImageWriter(out_dir, w.dims, board, lanes, head=quantised_head(w))
+
+    def layers():  # one layer graph in memory at a time: into the blob's spool and the engine image, then freed
+        for i, (linears, norms, kinds) in enumerate(g.layers()):
+            image.add_layer(i, linears)
+            yield linears, norms, kinds
+
+    instrs, bw = build_program(w, lanes, layers=layers())
+    image.close()
+    engine = {"lanes": lanes, "prefill_block": prefill_block, "target": target, "part": board.part, "clock_ns": round(1000.0 / board.clock_mhz, 3),
+              "topk": project.DEFAULT_TOPK if topk is None else topk}  # K of the on-chip top-K (contract 3)
     meta = {"dims": w.dims.to_json(), "engine": engine, "kv_bytes": w.dims.kv_layout().nbytes}
     blob_path = out_dir / "weights.blob"
     sha = bw.write(blob_path, meta)
     prog_path = out_dir / "program.bin"
     prog.write_program(prog_path, instrs, dict(meta, blob_sha256=sha, trace=trace_offsets(w.dims)))
-    hls_dir = project.write_project(out_dir / "hls", w.dims, engine, trace_offsets(w.dims))
-    write_engine_image(out_dir, w, board, lanes)  # the engine's memory image (weight stream) + blob_map.json
+    hls_dir = project.write_project(out_dir / "hls", w.dims, engine, trace_offsets(w.dims),
+                                    sizes={"program": 32 * len(instrs), "blob": bw.size})
     write_manifest(out_dir)  # what the backends load is checked against it (accllm.hls.csim.COMPILED_FILES)
     return CompileResult(out_dir, prog_path, blob_path, hls_dir, len(instrs), bw.size, time.perf_counter() - t0)
 
@@ -278,7 +395,7 @@ def compile_command(a) -> int:
     from accllm.hls.export import read_manifest
     from accllm.quant.integrity import write_manifest
 
-    r = compile_export(a.model, a.out, a.target, a.lanes, prefill_block=a.prefill_block)
+    r = compile_export(a.model, a.out, a.target, a.lanes, prefill_block=a.prefill_block, topk=a.topk)
     ckpt = _copy_checkpoint(read_manifest(a.model)[0] / CHECKPOINT_COPY, r.out_dir)
     write_manifest(r.out_dir)
     print(f"wrote {r.program} ({r.instructions} instructions), {r.blob} ({r.blob_bytes} payload bytes), "
@@ -308,4 +425,6 @@ def register(sub):
     p.add_argument("--lanes", type=int, default=DEFAULT_LANES, help="integer core lanes (multipliers)")
     p.add_argument("--prefill-block", type=int, default=DEFAULT_PREFILL_BLOCK,
                    help="prefill block T: prompt tokens multiplied per weight pass (on-chip buffers grow with T)")
+    p.add_argument("--topk", type=int, default=None,
+                   help="K of the on-chip top-K the engine returns per run (default 16; full logits only on request)")
     p.set_defaults(func=compile_command)

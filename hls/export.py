@@ -17,7 +17,8 @@ The Λ KV cache is state held across calls, which ONNX does not model, so the mo
 - ``layerNN.onnx``: one decoder layer in its prefill form (no cache), ``(hidden, cos, sin, position_ids) ->
   out``, for ``T <= sinks + window`` (so the "cache" position rule that re-rotates queries for sink keys never
   fires inside the graph: the graph's metadata ``accllm_positions`` states it);
-- ``lm_head.onnx``: ``hidden -> logits`` (final RMSNorm and the LM head, its own tensor even when tied).
+- ``lm_head.onnx``: ``hidden -> logits`` (final RMSNorm and the LM head: a quantised linear, QONNX ``Quant`` nodes
+  for its int8 input and its group-wise 4-bit weights, untied from the embedding).
 
 ``model.json`` lists the files in order; everything the compiler builds comes from the graphs
 (:mod:`accllm.hls.onnx_patterns`).
@@ -147,6 +148,9 @@ def export_model(model, out_dir, tokens: int = 16, progress: bool = True, layers
     if s.lambda_attention and tokens > s.sinks + s.window:
         raise ValueError(f"export length {tokens} exceeds sinks + window = {s.sinks + s.window}")
     manager = _manager()
+    # the layer graphs get onnxoptimizer's two passes in place (_save_graph): its round trip through serialised
+    # copies would hold the layer's weights several times over
+    layer_manager = type("LayerManager", (manager,), {"run_onnx_passes": False})
     _register_inplace_and()
     args = layer_inputs(model, tokens)
     files = []
@@ -160,12 +164,15 @@ def export_model(model, out_dir, tokens: int = 16, progress: bool = True, layers
         layers = model.model.layers if layers is None else layers
         for i, layer in enumerate(tqdm(layers, desc="export", disable=not progress)):
             path = out_dir / LAYER_FILE.format(i)
-            manager.export(DecoderLayerGraph(layer), args=args, export_path=str(path), dynamo=False,
-                           input_names=["hidden", "cos", "sin", "position_ids"], output_names=["out"])
-            _annotate(path, dict(props, accllm_layer=str(i)))
+            _check_graph_size(layer, path.name)
+            graph = layer_manager.export(DecoderLayerGraph(layer), args=args, export_path=None, dynamo=False,
+                                         input_names=["hidden", "cos", "sin", "position_ids"], output_names=["out"])
+            _save_graph(graph, path, dict(props, accllm_layer=str(i)))
+            del graph, layer
             files.append(path.name)
-        torch.onnx.export(HeadGraph(model.model.norm, model.lm_head), (args[0],), str(out_dir / HEAD_FILE),
-                          input_names=["hidden"], output_names=["logits"], dynamo=False)
+        # the head is a quantised linear like the layers' (int8 input, group-wise 4-bit weights): Quant nodes too
+        manager.export(HeadGraph(model.model.norm, model.lm_head), args=(args[0],), export_path=str(out_dir / HEAD_FILE),
+                       input_names=["hidden"], output_names=["logits"], dynamo=False)
         _annotate(out_dir / HEAD_FILE, props)
     manifest = {"format": EXPORT_FORMAT, "embed": EMBED_FILE, "layers": files, "lm_head": HEAD_FILE,
                 "export_tokens": tokens}
@@ -186,6 +193,7 @@ def export_checkpoint(checkpoint, out_dir, tokens: int = 16, progress: bool = Tr
         for layer in iter_compressed_layers(checkpoint):
             n += 1
             yield layer
+            del layer  # before the next one loads
 
     return export_model(model, out_dir, tokens, progress, layers=counted()), n
 
@@ -196,6 +204,46 @@ def _register_inplace_and() -> None:
     from torch.onnx import register_custom_op_symbolic
 
     register_custom_op_symbolic("aten::__iand_", lambda g, a, b: g.op("And", a, b), 9)
+
+
+_PROTOBUF_LIMIT = 2**31 - 1
+
+
+def _check_graph_size(layer, name: str) -> None:
+    """A layer graph holds each weight as an fp32 initializer (and an fp32 2:4 mask beside it); one ONNX graph
+    cannot exceed protobuf's 2 GiB, so a layer that would is refused before the export spends its time."""
+    weights = sum(p.numel() for p in layer.parameters()) * 4
+    masks = sum(b.numel() for n, b in layer.named_buffers() if n.endswith("sparse_mask")) * 4
+    if weights + masks > _PROTOBUF_LIMIT:
+        raise ValueError(f"{name}: the layer graph would hold {(weights + masks) / 2**30:.2f} GiB of fp32 weights"
+                         f"{' and 2:4 masks' if masks else ''}, over protobuf's 2 GiB limit for one ONNX graph"
+                         f"{'; a dense (--sparsity none) checkpoint halves it' if masks else ''}")
+
+
+def _save_graph(m, path: Path, props: dict) -> None:
+    """Finish an exported graph in memory and write it once: Brevitas' QONNX passes (``Constant`` nodes become
+    initializers; initializers no node reads are dropped, with their graph inputs), metadata, checker."""
+    import onnx
+
+    g = m.graph
+    nodes = list(g.node)
+    for n in nodes:
+        if n.op_type == "Constant" and [a.name for a in n.attribute] == ["value"]:
+            t = g.initializer.add()
+            t.CopyFrom(n.attribute[0].t)
+            t.name = n.output[0]
+            g.node.remove(n)
+    used = {x for n in g.node for x in n.input} | {o.name for o in g.output}
+    unused = [t for t in g.initializer if t.name not in used]
+    names = {t.name for t in unused}
+    for t in unused:
+        g.initializer.remove(t)
+    for x in [x for x in g.input if x.name in names]:
+        g.input.remove(x)
+    for k, v in props.items():
+        m.metadata_props.add(key=k, value=v)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
 
 
 def _annotate(path: Path, props: dict) -> None:

@@ -9,7 +9,8 @@ def quick_checkpoint(out_dir, calib_samples: int = 16, method: str = "rtn") -> P
     """Compress the bundled model (2:4, Λ, W2A8KV4; RTN by default: fast on CPU) unless ``out_dir`` holds one."""
     from accllm.quant.checkpoint import SETTINGS_FILE, save_compressed
     from accllm.quant.model import load_model
-    from accllm.quant.quantize import CompressionSettings, compress
+    from accllm.quant.quantize import CompressionSettings
+    from accllm.quant.compress import compress
 
     out_dir = Path(out_dir)
     if (out_dir / SETTINGS_FILE).is_file():

@@ -32,7 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from accllm.sim.weight_stream import HEAD_WBITS
+
 WEIGHT_BITS, ACT_BITS, KV_BITS = 2, 8, 4  # what the integer core takes
+HEAD_BITS = HEAD_WBITS  # the LM head's weights: the core's W4 mode
 
 
 class GraphRefused(ValueError):
@@ -40,6 +43,9 @@ class GraphRefused(ValueError):
 
 
 # ------------------------------------------------------------------ the graph, indexed
+
+_BIG_INITIALIZER = 1 << 20  # bytes
+
 
 class View:
     """One ONNX graph after qonnx's shape inference: producers, constants (initializers and folded constant
@@ -55,14 +61,23 @@ class View:
         if not self.path.is_file():
             raise FileNotFoundError(f"graph {self.path} is missing from the export")
         try:
-            self.mw = ModelWrapper(str(self.path)).transform(InferShapes())
+            model = onnx.load(str(self.path))
+            # Large initializers (weights, masks) move into numpy arrays and leave the graph before shape
+            # inference, which copies the graph several times over; their dims stay, which is all it reads.
+            big = {}
+            for t in model.graph.initializer:
+                if t.HasField("raw_data") and len(t.raw_data) > _BIG_INITIALIZER:
+                    big[t.name] = onnx.numpy_helper.to_array(t)
+                    t.ClearField("raw_data")
+            self.mw = ModelWrapper(model).transform(InferShapes())
+            del model
         except Exception as e:  # noqa: BLE001 - any reader/shape-inference failure is a bad graph
             why = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise GraphRefused(f"{self.file}: not a graph qonnx can read and shape-infer: {why}") from None
         g = self.mw.graph
         self.nodes = list(g.node)
         self.producer = {o: n for n in self.nodes for o in n.output}
-        self.consts = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
+        self.consts = {i.name: big[i.name] if i.name in big else onnx.numpy_helper.to_array(i) for i in g.initializer}
         self.inputs = [i.name for i in g.input if i.name not in self.consts]
         self.outputs = [o.name for o in g.output]
         self.meta = {p.key: p.value for p in self.mw.model.metadata_props}
@@ -340,8 +355,8 @@ class Linear:
     weight_node: str
     x: str  # float input (quantised to int8 per row by the engine)
     out: str
-    codes: np.ndarray  # int64 [N, K]
-    zeros: np.ndarray  # int64 [N, K/G]
+    codes: np.ndarray  # uint8 [N, K]
+    zeros: np.ndarray  # uint8 [N, K/G]
     scales: np.ndarray  # float32 [N, K/G]
     group: int
     masked: bool
@@ -351,14 +366,13 @@ class Linear:
         return self.codes.shape
 
 
-def linear(v: View, t: str) -> Linear:
-    """The quantised linear whose MatMul produces ``t``."""
+def linear(v: View, t: str, wbits: int = WEIGHT_BITS, unit: str = "quantised linear") -> Linear:
+    """The quantised linear whose MatMul produces ``t``; its weights must be unsigned ``wbits``-bit codes."""
     from qonnx.custom_op.general.quant import quant as qonnx_quant
 
     mm = v.producer.get(v.canon(t)[0])
     if mm is None or mm.op_type != "MatMul":
         raise Mismatch(t, "MatMul", mm)
-    unit = "quantised linear"
     v.claimed[mm.name] = unit
     a = quant(v, mm.input[0], f"{unit} input", ACT_BITS, True, mm)
     wq_t = v.canon(mm.input[1])[0]
@@ -370,9 +384,9 @@ def linear(v: View, t: str) -> Linear:
         v.claimed.setdefault(n.name, unit)
     wq = v.producer[b["wq"]]
     bits = int(np.asarray(b["w_bits"]).reshape(-1)[0])
-    if bits != WEIGHT_BITS or _attr(wq, "signed") != 0 or _attr(wq, "narrow") != 0:
+    if bits != wbits or _attr(wq, "signed") != 0 or _attr(wq, "narrow") != 0:
         v.refuse(wq, f"{bits}-bit {'signed' if _attr(wq, 'signed') else 'unsigned'} weights: the engine's cores "
-                     f"take unsigned {WEIGHT_BITS}-bit weights with a zero point")
+                     f"take unsigned {wbits}-bit weights with a zero point for the {unit}")
     w, scale, zp = b["w"], b["w_scale"], b["w_zero"]
     if w.ndim != 3 or scale.shape != (w.shape[0], w.shape[1], 1) or zp.shape != scale.shape:
         v.refuse(wq, f"weight/scale/zero point shapes {w.shape}/{scale.shape}/{zp.shape} are not group-wise "
@@ -387,8 +401,11 @@ def linear(v: View, t: str) -> Linear:
         if mask.shape != w.shape or not np.isin(mask, (0.0, 1.0)).all():
             v.refuse(wq, "the weight mask must be 0/1 per weight")
         deq = deq * mask
-    codes = np.rint(deq / scale + zp).astype(np.int64).reshape(n_out, k)
-    zeros = np.rint(zp).astype(np.int64).reshape(n_out, ng)
+    codes = np.rint(deq / scale + zp)
+    if codes.min() < 0 or codes.max() > 255:
+        v.refuse(wq, f"weight codes in [{codes.min():g}, {codes.max():g}] do not fit 8 bits")
+    codes = codes.astype(np.uint8).reshape(n_out, k)  # one byte a code: the largest array the compiler holds
+    zeros = np.rint(zp).astype(np.uint8).reshape(n_out, ng)
     if not np.array_equal(zeros, zp.reshape(n_out, ng)):
         v.refuse(wq, "zero points must be integers")
     return Linear(mm.name, wq.name, a["x"], mm.output[0], codes, zeros, scale.reshape(n_out, ng).astype(np.float32),
@@ -662,25 +679,34 @@ class HeadMatch:
     file: str
     node: str  # the LM head's MatMul
     norm: dict
-    lm_head: np.ndarray  # float32 [V, H]
+    lm_head: Linear  # [V, H], DENSE HEAD_BITS-bit codes
     meta: dict
 
 
 def match_head(path) -> HeadMatch:
-    """``lm_head.onnx``: ``hidden -> logits`` (final RMSNorm, then the LM head)."""
+    """``lm_head.onnx``: ``hidden -> logits`` (final RMSNorm, then the LM head: a quantised linear, int8 input and
+    dense group-wise ``HEAD_BITS``-bit weights)."""
     v = View(path)
     if v.inputs != ["hidden"] or v.outputs != ["logits"]:
         raise GraphRefused(f"{v.file}: the LM head graph maps hidden to logits; it has inputs {v.inputs} "
                            f"and outputs {v.outputs}")
-    b = apply(v, Op("MatMul", (T("h"), C(tag="w"))), "logits", "LM head")
-    norm = rmsnorm(v, b["h"], "RMSNorm (final)")
+    unit = "LM head"
+    try:
+        head = linear(v, "logits", HEAD_BITS, unit)
+    except Mismatch as e:
+        n = e.node or v.producer.get(v.canon("logits")[0])
+        if n is None:
+            raise GraphRefused(f"{v.file}: the {unit} expects {e.expected} at {v.describe(e.tensor)}") from None
+        v.refuse(n, f"the {unit} is a quantised linear (int8 input, {HEAD_BITS}-bit group-wise weights); "
+                    f"expected {e.expected} here")
+    if head.masked:
+        v.refuse(next(n for n in v.nodes if n.name == head.weight_node), f"the {unit} is dense; its weights carry "
+                                                                            "a 2:4 mask")
+    norm = rmsnorm(v, head.x, "RMSNorm (final)")
     if v.canon(norm["x"])[0] != "hidden":
-        v.refuse(v.producer[v.canon(b["h"])[0]], "the final RMSNorm must read the graph input hidden")
+        v.refuse(v.producer[v.canon(head.x)[0]], "the final RMSNorm must read the graph input hidden")
     _check_all_claimed(v)
-    w = np.asarray(b["w"], np.float32)
-    if w.ndim != 2:
-        v.refuse(v.producer["logits"], f"LM head weight of shape {w.shape}, expected [hidden, vocab]")
-    return HeadMatch(v.file, v.producer["logits"].name, norm, np.ascontiguousarray(w.T), v.meta)
+    return HeadMatch(v.file, head.node, norm, head, v.meta)
 
 
 def check_chain(files: list) -> None:

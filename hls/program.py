@@ -16,14 +16,20 @@ byte offsets into the blob payload; ``NONE`` marks an absent trace slot.
     EMBED       -               dst, embed_off
     RMSNORM     -               src, dst, weight_off, n
     LINEAR      DENSE|SPARSE    src | dst << 8, stream_off, linear, N, K, act_trace, acc_trace
+                                (mode byte: mode | wbits << 4, :func:`mode_byte`; wbits 2 or 4)
                                 (stream_off: the linear's weight stream, fp16 scales inside; linear: its index
                                 layer * 7 + position in accllm.sim.golden.LINEARS, i.e. its sections in the
                                 engine image, accllm.hls.engine_image)
     ATTENTION   -               q, k, v, dst, trace_off (of k_code; the attention fields follow in order),
-                                inv_freq_off
+                                rope_off (the blob's rope_table section, accllm.sim.nonlinear.rope_table)
     ADD         -               dst, src, n                     dst += src  (float32)
     SILU_MUL    -               dst, src, n                     dst = silu(dst) * src
-    LMHEAD      -               src, embed_off
+    LMHEAD      DENSE, wbits 4  src, stream_off, linear, N = vocab, K = hidden, act_trace, acc_trace
+                                (the LINEAR operands: the head is a DENSE W4 weight-stream section, linear =
+                                layers * 7; runs on a run's last token; its output is the top-K, engine.topk,
+                                and the full logits when the run asks; layer = layers, so its trace fields
+                                land in the head region after the last token's layers,
+                                accllm.sim.golden.head_trace_fields)
     END
 """
 from __future__ import annotations
@@ -34,7 +40,7 @@ from dataclasses import dataclass
 from accllm.hls import container
 
 MAGIC = b"ACLPROG\0"
-VERSION = 1
+VERSION = 2  # v2: ATTENTION points at the RoPE table; LINEAR / LMHEAD mode byte = mode | wbits << 4 (contract 1)
 RECORD = struct.Struct("<BBH7I")
 NONE = 0xFFFFFFFF
 
@@ -42,6 +48,21 @@ OP_END, OP_EMBED, OP_RMSNORM, OP_LINEAR, OP_ATTENTION, OP_ADD, OP_SILU_MUL, OP_L
 OP_NAMES = ["END", "EMBED", "RMSNORM", "LINEAR", "ATTENTION", "ADD", "SILU_MUL", "LMHEAD"]
 BUF_X, BUF_H, BUF_Q, BUF_K, BUF_V, BUF_O, BUF_G, BUF_U, BUF_Y = range(9)
 BUF_NAMES = ["X", "H", "Q", "K", "V", "O", "G", "U", "Y"]
+
+
+WBITS = (2, 4)  # weight code widths of LINEAR / LMHEAD (accllm.sim.weight_stream.WEIGHT_BITS)
+
+
+def mode_byte(mode: int, wbits: int) -> int:
+    """The instruction's mode byte for LINEAR / LMHEAD: the core mode in the low nibble, the code width above."""
+    if not 0 <= mode < 16 or wbits not in WBITS:
+        raise ValueError(f"mode {mode} / weight code width {wbits} do not fit the mode byte (wbits in {WBITS})")
+    return mode | wbits << 4
+
+
+def split_mode(byte: int) -> tuple[int, int]:
+    """Inverse of :func:`mode_byte`: ``(mode, wbits)``."""
+    return byte & 15, byte >> 4
 
 
 @dataclass
@@ -59,8 +80,14 @@ class Instr:
         return f"{OP_NAMES[self.op]:<9} mode={self.mode} layer={self.layer} args={list(self.args)}"
 
 
-def linear(mode, layer, src, dst, stream_off, linear_index, n, k, act_trace=NONE, acc_trace=NONE) -> Instr:
-    return Instr(OP_LINEAR, mode, layer, (src | dst << 8, stream_off, linear_index, n, k, act_trace, acc_trace))
+def linear(mode, layer, src, dst, stream_off, linear_index, n, k, act_trace=NONE, acc_trace=NONE,
+           wbits: int = 2) -> Instr:
+    return Instr(OP_LINEAR, mode_byte(mode, wbits), layer,
+                 (src | dst << 8, stream_off, linear_index, n, k, act_trace, acc_trace))
+
+
+def lmhead(mode, wbits, layer, src, stream_off, linear_index, n, k, act_trace=NONE, acc_trace=NONE) -> Instr:
+    return Instr(OP_LMHEAD, mode_byte(mode, wbits), layer, (src, stream_off, linear_index, n, k, act_trace, acc_trace))
 
 
 def write_program(path, instrs: list[Instr], meta: dict) -> str:

@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "accllm.quant.evaluate",
     "accllm.hls.compiler",
     "accllm.quant.pipeline",
+    "accllm.quant.head",
     "accllm.sim.perf_report",
     "accllm.host.flow",
     "accllm.host.run",

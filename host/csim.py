@@ -21,8 +21,9 @@ def library_step(library):
         def u32(name):
             return ctypes.c_uint(int(scalars.get(name, 0)))
 
-        lib.accllm_csim_step(ptr("program"), u32("n_instr"), ptr("blob"), ptr("kv"), u32("token"), u32("pos"),
-                             ptr("logits"), ptr("trace"), u32("trace_en"))
+        lib.accllm_csim_step(ptr("program"), u32("n_instr"), ptr("blob"), ctypes.c_ulonglong(arrays["blob"].nbytes),
+                             ptr("kv"), u32("token"), u32("pos"), ptr("topk"), ptr("logits"), u32("logits_en"),
+                             ptr("trace"), u32("trace_en"))
 
     return step
 
@@ -39,8 +40,10 @@ def library_prefill(library):
         ids = np.ascontiguousarray(tokens, dtype=np.uint32)
         ptr = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
         lib.accllm_csim_prefill(ptr(arrays["program"]), ctypes.c_uint(int(scalars.get("n_instr", 0))),
-                                ptr(arrays["blob"]), ptr(arrays["kv"]), ptr(ids), ctypes.c_uint(len(ids)),
-                                ctypes.c_uint(int(pos)), ptr(arrays["logits"]), ptr(arrays["trace"]), ctypes.c_uint(0))
+                                ptr(arrays["blob"]), ctypes.c_ulonglong(arrays["blob"].nbytes), ptr(arrays["kv"]),
+                                ptr(ids), ctypes.c_uint(len(ids)), ctypes.c_uint(int(pos)), ptr(arrays["topk"]),
+                                ptr(arrays["logits"]), ctypes.c_uint(int(scalars.get("logits_en", 1))),
+                                ptr(arrays["trace"]), ctypes.c_uint(0))
 
     return prefill
 

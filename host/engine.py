@@ -82,8 +82,40 @@ class EngineDriver:
     def reset(self) -> None:
         self.kv.reset()
 
-    def step(self, token: int) -> np.ndarray:
-        """One engine run: the token at the next stream position; returns float32 logits [vocab]."""
+    @property
+    def topk(self) -> int:
+        """K of the kernel's on-chip top-K (its ``topk`` buffer: K uint32 ids, then K float32 logits); 0: none."""
+        return int(self.image.buffers.get("topk", 0)) // 8
+
+    @property
+    def _has_logits_en(self) -> bool:
+        """A kernel with an on-chip top-K, which writes the full logits only when its ``logits_en`` is set."""
+        return any(a.name == "logits_en" for a in self.image.args)
+
+    def _set_logits_en(self, logits: bool) -> None:
+        if self._has_logits_en:
+            self.kernel.set_scalar("logits_en", int(logits))
+
+    def top(self) -> tuple[np.ndarray, np.ndarray]:
+        """The last run's on-chip top-K: (ids int64 [K], logits float32 [K]), logit descending, ties lower id."""
+        k = self.topk
+        buf = self.buffers["topk"]
+        buf.sync_from_device()
+        raw = bytes(buf[: 8 * k])
+        return np.frombuffer(raw[: 4 * k], "<u4").astype(np.int64), np.frombuffer(raw[4 * k:], "<f4").copy()
+
+    def _logits_out(self, logits: bool) -> np.ndarray | None:
+        """The run's logits when it wrote them (asked for, or a kernel without ``logits_en``: every run), synced
+        back; None when it did not."""
+        if not (logits or not self._has_logits_en):
+            return None
+        out = self.buffers[self.image.logits_arg]
+        out.sync_from_device()
+        return np.frombuffer(bytes(out[: 4 * self.image.vocab]), dtype="<f4").copy()
+
+    def step(self, token: int, logits: bool = True) -> np.ndarray | None:
+        """One engine run: the token at the next stream position; returns float32 logits [vocab] (``logits``; else
+        the kernel writes only its top-K, :meth:`top`, and this returns None)."""
         if not 0 <= token < self.image.vocab:
             raise ValueError(f"token id {token} outside the vocabulary [0, {self.image.vocab})")
         if self.fault:
@@ -95,6 +127,7 @@ class EngineDriver:
         values = {"token": token, "pos": s.pos, "slot": s.slot, "occupied": s.occupied}
         for name, what in self.image.scalars.items():
             self.kernel.set_scalar(name, values[what])
+        self._set_logits_en(logits)
         self.kernel.start()
         if not self.kernel.wait(self.timeout_s):
             self.fault = f"run {self.runs} timed out"
@@ -102,19 +135,19 @@ class EngineDriver:
                                 f"(run {self.runs}, stream position {self.kv.pos}); the device may be hung")
         self.kv.advance()
         self.runs += 1
-        out = self.buffers[self.image.logits_arg]
-        out.sync_from_device()
-        return np.frombuffer(bytes(out[: 4 * self.image.vocab]), dtype="<f4").copy()
+        out = self._logits_out(logits)
+        return out if logits else None
 
-    def prefill(self, tokens) -> np.ndarray:
+    def prefill(self, tokens, logits: bool = True) -> np.ndarray | None:
         """A prompt in the kernel's prefill mode (blocks of tokens, one weight pass each) where the kernel port has
-        one (``run_block``), else token by token; returns the last token's float32 logits [vocab]."""
+        one (``run_block``), else token by token; returns the last token's float32 logits [vocab] (``logits``; else
+        None, and :meth:`top` has its top-K)."""
         ids = [int(t) for t in tokens]
         run_block = getattr(self.kernel, "run_block", None)
         if run_block is None or len(ids) == 1:
             for t in ids:
-                logits = self.step(t)
-            return logits
+                out = self.step(t, logits)
+            return out
         bad = [t for t in ids if not 0 <= t < self.image.vocab]
         if bad:
             raise ValueError(f"token id {bad[0]} outside the vocabulary [0, {self.image.vocab})")
@@ -123,13 +156,13 @@ class EngineDriver:
         if not self.kernel.idle():
             self.fault = f"the kernel was busy before run {self.runs}"
             raise DeviceNotIdle(f"{self.fault}; reset the backend before the next run")
+        self._set_logits_en(logits)
         run_block(ids, self.kv.next_step().pos)
         for _ in ids:
             self.kv.advance()
         self.runs += 1
-        out = self.buffers[self.image.logits_arg]
-        out.sync_from_device()
-        return np.frombuffer(bytes(out[: 4 * self.image.vocab]), dtype="<f4").copy()
+        out = self._logits_out(logits)
+        return out if logits else None
 
     def recover(self) -> None:
         """Make the kernel usable after a timeout: wait for a late ap_done, else reload it; then bind the
@@ -160,6 +193,7 @@ class EngineBackend(Backend):
     def __init__(self, name: str, driver: EngineDriver):
         self.name, self.driver = name, driver
         self.vocab_size = driver.image.vocab
+        self.topk = driver.topk
         driver.load()
 
     @classmethod
@@ -193,6 +227,16 @@ class EngineBackend(Backend):
         if len(ids) == 0:
             raise ValueError("empty prompt: give at least one token")
         return self.driver.prefill(ids)  # a prompt in blocks (decode: one token, matrix-vector)
+
+    def forward_top(self, ids, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The kernel's own top-K (no full logits leave the device); ``k`` beyond it: from the full logits."""
+        if len(ids) == 0:
+            raise ValueError("empty prompt: give at least one token")
+        if k > self.topk:
+            return super().forward_top(ids, k)
+        self.driver.prefill(ids, logits=False)
+        top_ids, top_vals = self.driver.top()
+        return top_ids[:k], top_vals[:k]
 
     def resident_bytes(self) -> int:
         return self.driver.kv.nbytes

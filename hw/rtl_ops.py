@@ -183,7 +183,8 @@ def compressed_linear_codes(model_dir, group: int) -> dict | None:
     round-to-nearest, small calibration) via ``integer_linear_weights``; None where that is not available."""
     try:
         from accllm.quant.checkpoint import integer_linear_weights
-        from accllm.quant.quantize import CompressionSettings, compress
+        from accllm.quant.quantize import CompressionSettings
+        from accllm.quant.compress import compress
     except ImportError:
         return None
     from accllm.quant.model import load_model

@@ -9,9 +9,13 @@ Directory layout (``save_compressed`` / ``load_compressed``)::
                                                       else uint8 [out, in] one code per byte
         <linear>.scales       float32 [out, in/G]     read back as fp16 values (what the engine streams)
         <linear>.zero_points  uint8 [out, in/G]
-        <linear>.mask         uint8 [out, in/8]       2:4 keep-mask, np.packbits (big-endian bits)
+        <linear>.mask         uint8 [out, in/8]       2:4 keep-mask, np.packbits (big-endian bits); decoder linears
         <linear>.weight       float16 [out, in]       only when weights are not quantised
-        <other parameter>     float16                 embeddings, norms (lm_head is tied)
+        <other parameter>     float16                 embeddings, norms (lm_head.weight when the head is not quantised)
+
+``<linear>`` is also ``lm_head`` when ``settings.head_bits`` is set (``accllm quantize``, or ``accllm quantize-head``
+on an existing checkpoint): codes ``head_bits`` wide, dense (no mask), group scales / zero points as above; the head
+is then untied from the embedding (config ``tie_word_embeddings: false``) and the embedding stays an fp16 table.
     report.json         what ``accllm quantize`` measured
     files.sha256        sha256 of every file above (:mod:`accllm.quant.integrity`), checked when loaded
 
@@ -45,6 +49,7 @@ import numpy as np
 import torch
 
 from accllm.quant.integrity import verify, write_manifest
+from accllm.quant.prune import HEAD
 
 FORMAT = "accllm-compressed-v1"
 WEIGHTS_FILE = "compressed.safetensors"
@@ -141,8 +146,16 @@ def linear_storage_bytes(shape, settings) -> float:
 
 # ------------------------------------------------------------ the integer view
 
-def _quant_linear_integers(mod, bits: int, group: int) -> dict:
+
+
+def linear_bits(settings: dict, name: str) -> int:
+    """Code width of a stored linear: ``head_bits`` for the LM head, ``weight_bits`` for the decoder linears."""
+    return settings.get("head_bits") if name == HEAD else settings["weight_bits"]
+
+
+def _quant_linear_integers(mod, group: int) -> dict:
     qw = mod.quant_weight()
+    bits = int(qw.bit_width)
     scales = qw.scale_.detach().float().squeeze(-1).cpu()
     zps = qw.zero_point_.detach().float().squeeze(-1).cpu()
     codes, deq = fake_quant_weight(mod.weight.detach().cpu(), scales, zps, bits, group)
@@ -152,28 +165,30 @@ def _quant_linear_integers(mod, bits: int, group: int) -> dict:
 
 def integer_linear_weights(model_or_dir, with_reference: bool = False) -> dict:
     """``{linear name: {"codes" uint8 [out,in], "scales" f32 [out,in/G], "zero_points" uint8 [out,in/G],
-    "mask" bool [out,in]}}`` for every quantised decoder linear, from a Brevitas model or a checkpoint
-    directory. ``with_reference`` adds Brevitas' own fake-quant weight ("fake_quant") for checking."""
-    from accllm.quant.prune import decoder_linears
+    "mask" bool [out,in]}}`` for every quantised linear (decoder linears; ``lm_head`` when quantised, all-ones
+    mask), from a Brevitas model or a checkpoint directory. ``with_reference`` adds Brevitas' own fake-quant weight
+    ("fake_quant") for checking."""
+    from accllm.quant.prune import quant_linears
 
     if isinstance(model_or_dir, (str, Path)):
         tensors, settings = _read(Path(model_or_dir))
         out = {}
         for name in sorted({k.rsplit(".", 1)[0] for k in tensors if k.endswith(".codes")}):
-            sc = tensors[f"{name}.scales"]
+            bits = linear_bits(settings, name)
             packed = tensors[f"{name}.codes"]
-            in_f = packed.shape[1] * (8 // settings["weight_bits"] if 8 % settings["weight_bits"] == 0 else 1)
-            out[name] = {"codes": unpack_codes(tensors[f"{name}.codes"], settings["weight_bits"], in_f),
-                         "scales": sc, "zero_points": tensors[f"{name}.zero_points"],
-                         "mask": unpack_mask(tensors[f"{name}.mask"], in_f)}
+            in_f = packed.shape[1] * (8 // bits if 8 % bits == 0 else 1)
+            codes = unpack_codes(packed, bits, in_f)
+            mask = tensors.get(f"{name}.mask")
+            out[name] = {"codes": codes, "scales": tensors[f"{name}.scales"],
+                         "zero_points": tensors[f"{name}.zero_points"],
+                         "mask": torch.ones_like(codes, dtype=torch.bool) if mask is None else unpack_mask(mask, in_f)}
         return out
     model = model_or_dir
-    bits = model.accllm_settings.weight_bits
     out = {}
-    for name, mod in decoder_linears(model).items():
+    for name, mod in quant_linears(model).items():
         if getattr(mod, "weight_quant", None) is None or not mod.weight_quant.is_quant_enabled:
             continue
-        d = _quant_linear_integers(mod, bits, model.accllm_settings.group_size)
+        d = _quant_linear_integers(mod, model.accllm_settings.group_size)
         mask = getattr(mod, "sparse_mask", None)
         d["mask"] = mask.cpu().bool() if mask is not None else torch.ones_like(d["codes"], dtype=torch.bool)
         if not with_reference:
@@ -185,41 +200,134 @@ def integer_linear_weights(model_or_dir, with_reference: bool = False) -> dict:
 
 # ------------------------------------------------------------ save / load
 
-def save_compressed(model, tokenizer, settings, masks, out_dir: Path, source_dir: Path | None = None,
-                    report: dict | None = None) -> Path:
-    from safetensors.torch import save_file
+class SafetensorsStream:
+    """One safetensors file written tensor by tensor: each tensor's bytes go to a spool file beside ``path`` as it
+    is added (memory holds one tensor), and ``close`` writes the header (the safetensors layout: 8-byte header
+    length, JSON header, data) in front of the spooled data."""
 
+    _DTYPES = {torch.float16: "F16", torch.float32: "F32", torch.uint8: "U8", torch.bfloat16: "BF16",
+               torch.int64: "I64", torch.bool: "BOOL"}
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._spool_path = self.path.with_name(self.path.name + ".spool")
+        self._spool = open(self._spool_path, "wb")
+        self.header: dict[str, dict] = {}
+        self.size = 0
+
+    def add(self, name: str, t: torch.Tensor) -> None:
+        if name in self.header:
+            raise ValueError(f"duplicate checkpoint tensor {name}")
+        t = t.detach().cpu().contiguous()
+        data = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        self.header[name] = {"dtype": self._DTYPES[t.dtype], "shape": list(t.shape),
+                             "data_offsets": [self.size, self.size + len(data)]}
+        self._spool.write(data)
+        self.size += len(data)
+
+    def close(self) -> Path:
+        import struct
+
+        self._spool.close()
+        head = json.dumps(self.header, separators=(",", ":"), sort_keys=True).encode()
+        head += b" " * (-len(head) % 8)
+        with open(self.path, "wb") as out, open(self._spool_path, "rb") as src:
+            out.write(struct.pack("<Q", len(head)) + head)
+            shutil.copyfileobj(src, out, 16 << 20)
+        self._spool_path.unlink()
+        return self.path
+
+
+def layer_tensors(layer, settings, prefix: str) -> dict[str, torch.Tensor]:
+    """The checkpoint tensors of one decoder layer (Brevitas linears + norms), named ``prefix`` + module name."""
     from accllm.quant.prune import decoder_linears
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.accllm_settings = settings
-    lin = decoder_linears(model)
+    layer.accllm_settings = settings
+    lin = decoder_linears(layer)
     tensors: dict[str, torch.Tensor] = {}
     if settings.weight_bits:
-        for name, d in integer_linear_weights(model).items():
-            tensors[f"{name}.codes"] = pack_codes(d["codes"], settings.weight_bits)
-            tensors[f"{name}.scales"] = d["scales"]
-            tensors[f"{name}.zero_points"] = d["zero_points"]
-            tensors[f"{name}.mask"] = pack_mask(d["mask"])
+        for name, d in integer_linear_weights(layer).items():
+            tensors[f"{prefix}{name}.codes"] = pack_codes(d["codes"], settings.weight_bits)
+            tensors[f"{prefix}{name}.scales"] = d["scales"]
+            tensors[f"{prefix}{name}.zero_points"] = d["zero_points"]
+            tensors[f"{prefix}{name}.mask"] = pack_mask(d["mask"])
     else:
         for name, mod in lin.items():
-            tensors[f"{name}.weight"] = mod.weight.detach().half().cpu()
-    lin_params = {id(m.weight) for m in lin.values()}
-    seen = set()
-    for name, p in model.named_parameters():
-        if id(p) in lin_params or id(p) in seen or "_quant" in name:
+            tensors[f"{prefix}{name}.weight"] = mod.weight.detach().half().cpu()
+    tensors.update(_plain_tensors(layer, prefix, {id(m.weight) for m in lin.values()}))
+    return tensors
+
+
+def outer_tensors(model) -> dict[str, torch.Tensor]:
+    """The checkpoint tensors outside the decoder layers: embedding, final norm, and the LM head (its codes when
+    quantised, else fp16 when untied)."""
+    from accllm.quant.prune import quant_linears
+
+    skip = {id(p) for p in model.model.layers.parameters()}
+    out = {}
+    head = quant_linears(model).get(HEAD)
+    if head is not None:
+        skip.add(id(head.weight))
+        out.update(head_tensors(head))
+    return {**out, **_plain_tensors(model, "", skip)}
+
+
+def head_tensors(head) -> dict[str, torch.Tensor]:
+    """The quantised LM head's stored tensors (Brevitas QuantLinear -> packed codes, scales, zero points)."""
+    qw = head.quant_weight()
+    d = _quant_linear_integers(head, int(qw.value_.shape[-1]))
+    return {f"{HEAD}.codes": pack_codes(d["codes"], int(qw.bit_width)), f"{HEAD}.scales": d["scales"],
+            f"{HEAD}.zero_points": d["zero_points"]}
+
+
+def _plain_tensors(module, prefix: str, skip: set) -> dict[str, torch.Tensor]:
+    out, seen = {}, set(skip)
+    for name, p in module.named_parameters():
+        if id(p) in seen or "_quant" in name:
             continue
-        seen.add(id(p))
-        tensors[name] = p.detach().half().cpu().contiguous()
-    save_file(tensors, str(out_dir / WEIGHTS_FILE))
-    (out_dir / SETTINGS_FILE).write_text(json.dumps({"format": FORMAT, "settings": settings.to_json()}, indent=1))
-    model.config.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    if report is not None:
-        (out_dir / "report.json").write_text(json.dumps(report, indent=1))
-    write_manifest(out_dir)
-    return out_dir
+        seen.add(id(p))  # a tied LM head is the embedding's tensor: stored once
+        out[prefix + name] = p.detach().half().cpu().contiguous()
+    return out
+
+
+class CheckpointWriter:
+    """Writes a compressed checkpoint (the layout above) a part at a time: the embedding and head, then decoder
+    layer after decoder layer, so a model larger than memory can be saved as it is compressed. The whole-model
+    path (:func:`save_compressed`) writes through it too, in the same order, so both give the same bytes."""
+
+    def __init__(self, out_dir, settings):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.settings = settings
+        self._stream = SafetensorsStream(self.out_dir / WEIGHTS_FILE)
+
+    def add(self, tensors: dict) -> None:
+        for name in sorted(tensors):
+            self._stream.add(name, tensors[name])
+
+    def add_layer(self, index: int, layer) -> None:
+        self.add(layer_tensors(layer, self.settings, f"{_LAYER_PREFIX}{index}."))
+
+    def finish(self, config, tokenizer, report: dict | None = None) -> Path:
+        self._stream.close()
+        (self.out_dir / SETTINGS_FILE).write_text(
+            json.dumps({"format": FORMAT, "settings": self.settings.to_json()}, indent=1))
+        config.save_pretrained(self.out_dir)
+        tokenizer.save_pretrained(self.out_dir)
+        if report is not None:
+            (self.out_dir / "report.json").write_text(json.dumps(report, indent=1))
+        write_manifest(self.out_dir)
+        return self.out_dir
+
+
+def save_compressed(model, tokenizer, settings, masks, out_dir: Path, source_dir: Path | None = None,
+                    report: dict | None = None) -> Path:
+    model.accllm_settings = settings
+    w = CheckpointWriter(out_dir, settings)
+    w.add(outer_tensors(model))
+    for i, layer in enumerate(model.model.layers):
+        w.add_layer(i, layer)
+    return w.finish(model.config, tokenizer, report)
 
 
 # The files a loader reads (tokenizer.json and tokenizer_config.json when the tokenizer has them).
@@ -236,9 +344,9 @@ def verify_checkpoint(path) -> None:
     verify(path, CHECKPOINT_FILES + tuple(optional))
 
 
-def _read(path: Path, layers: list[int] | None = None, verify_files: bool = True):
+def _read(path: Path, layers: list[int] | None = None, verify_files: bool = True, outer: bool = True):
     """``(tensors, settings)``; with ``layers`` only those decoder layers' tensors (renumbered 0, 1, ... in the
-    order given) and the rest of the model, read tensor by tensor so memory holds no other layer."""
+    order given) and (``outer``) the rest of the model, read tensor by tensor so memory holds no other layer."""
     from safetensors import safe_open
 
     meta_path = path / SETTINGS_FILE
@@ -256,7 +364,7 @@ def _read(path: Path, layers: list[int] | None = None, verify_files: bool = True
                 if index not in renumber:
                     continue
                 tensors[f"{_LAYER_PREFIX}{renumber[index]}.{rest}"] = f.get_tensor(key)
-            else:
+            elif outer:
                 tensors[key] = f.get_tensor(key)
     for key in tensors:
         if key.endswith(".scales"):  # the engine's weight stream holds fp16 scales; every reader sees those
@@ -274,7 +382,6 @@ def load_compressed(path, device="cpu", layers: list[int] | None = None, verify_
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from accllm.quant import attention as attn
-    from accllm.quant.prune import decoder_linears
     from accllm.quant.quantize import CompressionSettings, quantize_layers, set_weight_quant_params
 
     path = Path(path)
@@ -290,29 +397,83 @@ def load_compressed(path, device="cpu", layers: list[int] | None = None, verify_
             config.layer_types = [config.layer_types[i] for i in layers]
     model = LlamaForCausalLM(config).eval()
     attn.install(model, s.policy())
-    lin = decoder_linears(model)
-    masks = {}
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name in tensors:
-                p.copy_(tensors[name].float())
-        for name, mod in lin.items():
-            if s.weight_bits:
-                in_f = mod.weight.shape[1]
-                codes = unpack_codes(tensors[f"{name}.codes"], s.weight_bits, in_f)
-                mod.weight.copy_(dequantize_codes(codes, tensors[f"{name}.scales"], tensors[f"{name}.zero_points"],
-                                                  s.group_size))
-                masks[name] = unpack_mask(tensors[f"{name}.mask"], in_f)
-            else:
-                mod.weight.copy_(tensors[f"{name}.weight"].float())
+        masks = _fill_weights(model, tensors, s)
+        if s.head_bits:
+            codes = unpack_codes(tensors[f"{HEAD}.codes"], s.head_bits, config.hidden_size)
+            model.lm_head.weight.copy_(dequantize_codes(codes, tensors[f"{HEAD}.scales"],
+                                                        tensors[f"{HEAD}.zero_points"], s.group_size))
     model = quantize_layers(model, s, masks if s.sparsity == "2:4" and s.weight_bits else None)
     with torch.no_grad():
         model(input_ids=torch.tensor([[0, 1]]))  # initialise Brevitas' parameters, then overwrite them
-        if s.weight_bits:
-            for name, mod in decoder_linears(model).items():
-                set_weight_quant_params(mod, tensors[f"{name}.scales"], tensors[f"{name}.zero_points"], s.weight_bits)
+        _set_quant_params(model, tensors, s)
+        if s.head_bits:
+            set_weight_quant_params(model.lm_head, tensors[f"{HEAD}.scales"], tensors[f"{HEAD}.zero_points"],
+                                    s.head_bits)
     model.accllm_settings = s
     return model.to(device), AutoTokenizer.from_pretrained(path), s
+
+
+def _fill_weights(module, tensors: dict, s) -> dict:
+    """Copy the stored tensors into ``module``'s parameters (names relative to ``module``), decoder linears
+    dequantised from their codes; returns their 2:4 masks."""
+    from accllm.quant.prune import decoder_linears
+
+    masks = {}
+    for name, p in module.named_parameters():
+        if name in tensors:
+            p.copy_(tensors[name].float())
+    for name, mod in decoder_linears(module).items():
+        if s.weight_bits:
+            in_f = mod.weight.shape[1]
+            codes = unpack_codes(tensors[f"{name}.codes"], s.weight_bits, in_f)
+            mod.weight.copy_(dequantize_codes(codes, tensors[f"{name}.scales"], tensors[f"{name}.zero_points"],
+                                              s.group_size))
+            masks[name] = unpack_mask(tensors[f"{name}.mask"], in_f)
+        else:
+            mod.weight.copy_(tensors[f"{name}.weight"].float())
+    return masks
+
+
+def _set_quant_params(module, tensors: dict, s) -> None:
+    """Brevitas' weight scales and zero points of ``module``'s decoder linears := the stored ones."""
+    from accllm.quant.prune import decoder_linears
+    from accllm.quant.quantize import set_weight_quant_params
+
+    if s.weight_bits:
+        for name, mod in decoder_linears(module).items():
+            set_weight_quant_params(mod, tensors[f"{name}.scales"], tensors[f"{name}.zero_points"], s.weight_bits)
+
+
+@torch.no_grad()
+def load_compressed_layer(path, index: int, verify_files: bool = True):
+    """Decoder layer ``index`` alone, the same Brevitas layer as layer ``index`` of :func:`load_compressed` (as
+    its layer 0 when loaded with ``layers=[index]``), without building the embedding or the head."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
+
+    from accllm.quant import attention as attn
+    from accllm.quant.quantize import CompressionSettings, quantize_layer, single_layer_view
+
+    path = Path(path)
+    config = LlamaConfig.from_pretrained(path)
+    if not 0 <= index < config.num_hidden_layers:
+        raise ValueError(f"{path}: the model has {config.num_hidden_layers} decoder layers, not [{index}]")
+    tensors, sdict = _read(path, [index], verify_files, outer=False)
+    s = CompressionSettings.from_json(sdict)
+    prefix = f"{_LAYER_PREFIX}0."
+    tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+    with torch.device("meta"):  # no random initialisation of weights about to be overwritten
+        layer = LlamaDecoderLayer(config, 0)
+    layer = layer.to_empty(device="cpu").eval()
+    rotary = LlamaRotaryEmbedding(config)
+    attn.install(single_layer_view(layer, rotary), s.policy())
+    masks = _fill_weights(layer, tensors, s)
+    layer = quantize_layer(layer, s, masks if s.sparsity == "2:4" and s.weight_bits else None)
+    x, pos = torch.zeros(1, 2, config.hidden_size), torch.arange(2)[None]
+    layer(x, position_embeddings=rotary(x, pos), position_ids=pos)  # initialise Brevitas, then overwrite
+    _set_quant_params(layer, tensors, s)
+    return layer
 
 
 def iter_compressed_layers(path):
@@ -322,9 +483,9 @@ def iter_compressed_layers(path):
 
     verify_checkpoint(path)
     for i in range(LlamaConfig.from_pretrained(path).num_hidden_layers):
-        model, _, _ = load_compressed(path, layers=[i], verify_files=False)
-        yield model.model.layers[0]
-        del model
+        layer = load_compressed_layer(path, i, verify_files=False)
+        yield layer
+        del layer
         _release_freed_memory()
 
 

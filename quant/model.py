@@ -148,3 +148,69 @@ def load_model(model: str | Path | None = None, dtype=None, device_map=None):
 def trained_context(model_config) -> int:
     """Context length the model was trained at (``max_position_embeddings`` for the bundled model)."""
     return int(model_config.max_position_embeddings)
+
+
+class LayerReader:
+    """A model's weights, read one decoder layer at a time as float32 tensors, never the whole model: safetensors
+    files are opened with ``safe_open`` (memory-mapped, a tensor is read when asked for); a GGUF file's tensors are
+    mapped by the ``gguf`` reader and dequantised one at a time, named and un-permuted as transformers does.
+
+    ``config`` is the model's ``LlamaConfig``; ``layer(i)`` gives ``{name within the layer: tensor}``
+    (``self_attn.q_proj.weight``, ...), ``outer()`` the rest (``model.embed_tokens.weight``, ...)."""
+
+    LAYER_PREFIX = "model.layers."
+
+    def __init__(self, model):
+        from transformers import LlamaConfig
+
+        self.source = _checked(model)
+        self.config = LlamaConfig.from_pretrained(self.source.folder, **self.source.hf_kwargs())
+        self._where: dict[str, object] = {}  # HF tensor name -> safetensors file, or gguf tensor
+        if self.source.gguf_file:
+            self._map_gguf()
+        else:
+            from safetensors import safe_open
+
+            for f in sorted(self.source.folder.glob("*.safetensors")):
+                with safe_open(str(f), framework="pt") as h:
+                    for k in h.keys():
+                        self._where[k] = f
+
+    def _map_gguf(self) -> None:
+        import torch
+        from gguf import GGUFReader
+        from transformers import LlamaForCausalLM
+        from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor, get_gguf_hf_weights_map
+
+        self._processor = LlamaTensorProcessor(config=self.config.to_dict())
+        with torch.device("meta"):
+            skeleton = LlamaForCausalLM(self.config)
+        names = get_gguf_hf_weights_map(skeleton, self._processor)
+        for t in GGUFReader(str(self.source.path)).tensors:
+            if t.name in names:
+                self._where[names[t.name]] = t
+
+    def _get(self, name: str):
+        import numpy as np
+        import torch
+
+        where = self._where[name]
+        if isinstance(where, Path):
+            from safetensors import safe_open
+
+            with safe_open(str(where), framework="pt") as h:
+                return h.get_tensor(name).float()
+        from gguf import dequantize
+
+        w = self._processor.process(weights=dequantize(where.data, where.tensor_type), name=where.name).weights
+        return torch.from_numpy(np.array(w, dtype=np.float32))
+
+    def outer(self) -> dict:
+        return {k: self._get(k) for k in self._where if not k.startswith(self.LAYER_PREFIX)}
+
+    def layer(self, index: int) -> dict:
+        prefix = f"{self.LAYER_PREFIX}{index}."
+        names = [k for k in self._where if k.startswith(prefix)]
+        if not names:
+            raise ModelDirError(f"{self.source.path}: no weights of decoder layer {index}")
+        return {k[len(prefix):]: self._get(k) for k in names}

@@ -5,26 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from accllm.quant import attention as attn
-from accllm.quant.checkpoint import linear_storage_bytes, save_compressed
-from accllm.quant.prune import decoder_linears
+from accllm.quant.checkpoint import save_compressed
 from accllm.quant.model import MODEL_HELP
-from accllm.quant.quantize import (CALIB_TEXTS, PRUNE_METHODS, WEIGHT_METHODS, CompressionSettings, compress,
-                                   pick_device)
+from accllm.quant.quantize import CALIB_TEXTS, PRUNE_METHODS, WEIGHT_METHODS, CompressionSettings, pick_device
+from accllm.quant.compress import compress, compress_streaming, streaming_refusal, weight_bytes_per_token
 
 
 # ---------------------------------------------------------------- reporting helpers
-
-def weight_bytes_per_token(model, s: CompressionSettings) -> dict:
-    """Bytes of weights read per decoded token: decoder linears compressed, the rest fp16."""
-    lin = decoder_linears(model)
-    compressed = sum(linear_storage_bytes(m.weight.shape, s) for m in lin.values())
-    lin_ids = {id(m.weight) for m in lin.values()}
-    # Brevitas' scale / zero-point parameters are already in the linears' storage bytes
-    other = sum(p.numel() * 2 for n, p in model.named_parameters()
-                if id(p) not in lin_ids and p.dim() > 0 and "_quant" not in n)
-    fp16 = sum(m.weight.numel() * 2 for m in lin.values()) + other
-    return {"decoder_linears": compressed, "other_fp16": other, "total": compressed + other, "fp16_total": fp16}
-
 
 def kv_bytes_per_token(config, kv_bits: int | None) -> float:
     """Bytes one token adds to the KV cache across all layers (codes + fp16 scale + zero point per head)."""
@@ -45,6 +32,9 @@ def add_quantize_arguments(p):
     p.add_argument("-o", "--out", type=Path, required=True, help="output directory for the compressed checkpoint")
     p.add_argument("--sparsity", default="2:4", choices=["2:4", "none"])
     p.add_argument("--weight-bits", type=int, default=2, help="0 keeps float weights")
+    p.add_argument("--head-bits", type=int, default=4,
+                   help="LM head code width (group-wise, untied from the embedding); 0 keeps an fp16 head, which the "
+                        "engine does not run")
     p.add_argument("--act-bits", type=int, default=8, help="0 keeps float activations")
     p.add_argument("--kv-bits", type=int, default=4, help="0 keeps a float KV cache")
     p.add_argument("--group-size", type=int, default=32)
@@ -72,7 +62,7 @@ def add_quantize_arguments(p):
 
 def settings_from_args(a) -> CompressionSettings:
     return CompressionSettings(
-        sparsity=a.sparsity, weight_bits=a.weight_bits or None, group_size=a.group_size,
+        sparsity=a.sparsity, weight_bits=a.weight_bits or None, head_bits=a.head_bits or None, group_size=a.group_size,
         weight_method=a.weight_method, prune_method=a.prune_method, calib_text=a.calib_text,
         act_bits=a.act_bits or None, kv_bits=a.kv_bits or None,
         lambda_attention=not a.no_lambda, sinks=a.sinks, window=a.window, positions=a.positions,
@@ -91,6 +81,20 @@ def compress_to_checkpoint(model_dir, s: CompressionSettings, out, eval_tokens: 
     from accllm.quant.model import load_model, resolve_model_dir, trained_context
 
     s.validate()
+    if not eval_tokens and streaming_refusal(s, device, offload) is None:
+        # one decoder layer in memory at a time; the same checkpoint as the whole-model path below
+        from transformers import LlamaConfig
+
+        from accllm.quant.model import resolve_model
+
+        src = resolve_model(model_dir)
+        config = LlamaConfig.from_pretrained(src.folder, **src.hf_kwargs())
+        report = {"model": str(model_dir), "settings": s.to_json(), "device": "cpu", "layer_by_layer": True,
+                  "kv_bytes_per_token": kv_bytes_per_token(config, s.kv_bits),
+                  "kv_cache_bytes_max": kv_cache_bytes(config, 1 << 20, s.kv_bits, s.policy())
+                  if s.lambda_attention else None}
+        compress_streaming(model_dir, s, out, progress, report)  # adds weight_bytes_per_token, writes report.json
+        return report
     model, tok = load_model(model_dir)
     s.validate(model.config)
     device = pick_device(device)

@@ -22,6 +22,19 @@ def decoder_linears(model) -> dict[str, nn.Module]:
             if name.rsplit(".", 1)[-1] in DECODER_LINEARS and hasattr(mod, "weight")}
 
 
+HEAD = "lm_head"
+
+
+def quant_linears(model) -> dict[str, nn.Module]:
+    """``{name: module}`` of the linears whose weights are stored as codes: the decoder projections, and the LM head
+    when it is quantised (a Brevitas QuantLinear: never pruned, dense)."""
+    out = dict(decoder_linears(model))
+    head = getattr(model, HEAD, None)
+    if getattr(head, "weight_quant", None) is not None and head.weight_quant.is_quant_enabled:
+        out[HEAD] = head
+    return out
+
+
 def mask_2to4(score: torch.Tensor) -> torch.Tensor:
     """Bool mask [out, in] keeping the two highest scores in each block of 4 along the input dim."""
     out_f, in_f = score.shape
@@ -45,18 +58,29 @@ def check_2to4(weight: torch.Tensor) -> int:
 @torch.no_grad()
 def input_norms(model, batches, progress: bool = True) -> dict[str, torch.Tensor]:
     """Squared L2 norm of each input feature of each decoder linear, summed over calibration tokens."""
+    device = next(model.parameters()).device
+
+    def run():
+        for x in tqdm(batches, desc="wanda calibration", disable=not progress):
+            model(input_ids=x.to(device))
+
+    return collect_input_norms(model, run)
+
+
+@torch.no_grad()
+def collect_input_norms(module, run) -> dict[str, torch.Tensor]:
+    """:func:`input_norms` of the decoder linears in ``module`` (a model or one decoder layer) while ``run()``
+    feeds it the calibration data."""
     sums: dict[str, torch.Tensor] = {}
     hooks = []
-    for name, mod in decoder_linears(model).items():
+    for name, mod in decoder_linears(module).items():
         def hook(m, inp, out, name=name):
             x = inp[0].detach().float().reshape(-1, inp[0].shape[-1])
             s = (x * x).sum(0)
             sums[name] = sums[name] + s.to(sums[name].device) if name in sums else s
         hooks.append(mod.register_forward_hook(hook))
     try:
-        device = next(model.parameters()).device
-        for x in tqdm(batches, desc="wanda calibration", disable=not progress):
-            model(input_ids=x.to(device))
+        run()
     finally:
         for h in hooks:
             h.remove()
@@ -66,9 +90,15 @@ def input_norms(model, batches, progress: bool = True) -> dict[str, torch.Tensor
 @torch.no_grad()
 def prune_2to4(model, batches, progress: bool = True) -> dict[str, torch.Tensor]:
     """Wanda 2:4 pruning in place; returns ``{layer name: bool mask [out, in]}`` (True = kept)."""
-    norms = input_norms(model, batches, progress)
+    return wanda_prune(model, input_norms(model, batches, progress))
+
+
+@torch.no_grad()
+def wanda_prune(module, norms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Wanda 2:4 masks of the decoder linears in ``module`` (a model or one decoder layer) from their input
+    norms; the pruned weights are zeroed in place."""
     masks = {}
-    for name, mod in decoder_linears(model).items():
+    for name, mod in decoder_linears(module).items():
         w = mod.weight.data
         score = w.abs().float() * norms[name].to(w.device).sqrt()[None, :]
         mask = mask_2to4(score)

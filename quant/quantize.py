@@ -1,6 +1,6 @@
 """AccLLM compression with Brevitas: 2:4 (Wanda) pruning, Λ attention and W2A8KV4, and ``accllm quantize``.
 
-Pipeline (:func:`compress`): install :class:`~accllm.quant.attention.AccAttention` (Λ policy) ->
+Pipeline (:func:`accllm.quant.compress.compress`): install :class:`~accllm.quant.attention.AccAttention` (Λ policy) ->
 Wanda 2:4 pruning of the decoder projections -> Brevitas quantisation (asymmetric group-wise
 weights with an integer zero point, int8 per-token dynamic inputs at every decoder linear, int8 Q and
 probabilities, 4-bit per-token K/V) -> weight rounding by round-to-nearest or Brevitas GPTQ (mask
@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from accllm.quant import attention as attn
-from accllm.quant.prune import DECODER_LINEARS, apply_masks, decoder_linears, prune_2to4, sparsegpt_prune_2to4
+from accllm.quant.prune import DECODER_LINEARS, decoder_linears, quant_linears  # noqa: F401
 
 WEIGHT_BITS = (2, 3, 4, 8)
+HEAD_BITS = (4, 8)  # the LM head's codes: 4 is the engine's (its cores have no 8-bit weight mode)
 ACT_BITS = (8,)
 KV_BITS = (4, 8)
 WEIGHT_METHODS = ("rtn", "gptq")
@@ -32,6 +33,7 @@ class CompressionSettings:
     weight_bits: int | None = 2      # None: float weights
     group_size: int = 32
     weight_method: str = "gptq"      # "rtn" or "gptq"
+    head_bits: int | None = 4        # LM head: group-wise asymmetric codes (untied from the embedding); None: fp16
     prune_method: str = "wanda"      # "wanda" (mask only) or "sparsegpt" (mask + weight update; slower, better)
     calib_text: str = "python"       # corpus "train" split, + the English licence texts' "train" split
     act_bits: int | None = 8         # linear inputs, query and probabilities
@@ -61,6 +63,8 @@ class CompressionSettings:
             raise ValueError(f"unsupported activation bit width {self.act_bits}; choose one of {ACT_BITS}")
         if self.kv_bits is not None and self.kv_bits not in KV_BITS:
             raise ValueError(f"unsupported KV bit width {self.kv_bits}; choose one of {KV_BITS} (the engine runs 4)")
+        if self.head_bits is not None and self.head_bits not in HEAD_BITS:
+            raise ValueError(f"unsupported LM head bit width {self.head_bits}; choose one of {HEAD_BITS} (the engine runs 4)")
         if self.weight_method not in WEIGHT_METHODS:
             raise ValueError(f"weight method must be one of {WEIGHT_METHODS}, got {self.weight_method!r}")
         if self.prune_method not in PRUNE_METHODS:
@@ -92,6 +96,7 @@ class CompressionSettings:
     @classmethod
     def from_json(cls, d: dict) -> "CompressionSettings":
         names = {f.name for f in dataclasses.fields(cls)}
+        d = {"head_bits": None, **d}  # written before the head was quantised: an fp16 head
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
@@ -149,6 +154,7 @@ def brevitas_quantizers(s: CompressionSettings) -> dict:
         attn_bit_width=s.kv_bits or 8, attn_quant_type="asym", attn_quant_granularity="per_row",
         quantize_input_zero_point=True, quant_attn_mode="sdpa", attn_quant_config="qkv")
     return {"weight": q["weight_quant"] if s.weight_bits else None,
+            "head": q["weight_quant"].let(bit_width=s.head_bits) if s.head_bits else None,
             "act": q["linear_input_quant"] if s.act_bits else None,
             "kv": q["k_transposed_quant"] if s.kv_bits else None}
 
@@ -174,22 +180,59 @@ def _masked_quant_linear_class():
 
 
 def quantize_layers(model, s: CompressionSettings, masks: dict | None = None) -> nn.Module:
-    """Swap decoder linears for Brevitas QuantLinear and attach the attention quantisers."""
+    """Swap decoder linears for Brevitas QuantLinear and attach the attention quantisers, layer by layer
+    (:func:`quantize_layer`, which the streaming path calls on one loaded layer at a time)."""
+    for i, layer in enumerate(model.model.layers):
+        prefix = f"model.layers.{i}."
+        layer_masks = {k[len(prefix):]: v for k, v in masks.items() if k.startswith(prefix)} if masks else None
+        model.model.layers[i] = quantize_layer(layer, s, layer_masks)
+    if s.head_bits:
+        quantize_head(model, s)
+    if model.config.tie_word_embeddings:
+        model.tie_weights()
+    return model.eval()
+
+
+def quantize_head(model, s: CompressionSettings) -> None:
+    """The LM head as a Brevitas QuantLinear: the decoder linears' group-wise asymmetric quantiser at ``head_bits``,
+    int8 per-token input as every linear; untied from the embedding first when tied (the embedding stays an fp16
+    table: a lookup has nothing to multiply). Its scales are taken from the weights' statistics here."""
+    import brevitas.nn as qnn
+
+    full = brevitas_quantizers(CompressionSettings(**{**s.to_json(), "act_bits": 8}))
+    old = model.lm_head
+    w = old.weight.detach().clone()
+    model.config.tie_word_embeddings = False
+    head = qnn.QuantLinear(old.in_features, old.out_features, bias=False, weight_quant=full["head"],
+                           input_quant=full["act"], dtype=w.dtype, device=w.device)
+    with torch.no_grad():
+        head.weight.copy_(w)
+        head.quant_weight()
+    model.lm_head = head
+
+
+def quantize_layer(layer, s: CompressionSettings, masks: dict | None = None) -> nn.Module:
+    """One decoder layer: its linears become Brevitas QuantLinear (mask-aware), its attention gets the Q/K/V/P
+    quantisers; ``masks``: ``{linear name within the layer: bool mask}``. Brevitas' weight scales are taken from
+    the weights' statistics here (the same values a first forward pass would take)."""
     import brevitas.nn as qnn
     from brevitas.graph.quantize import layerwise_quantize
 
     qz = brevitas_quantizers(s)
-    dtype = next(model.parameters()).dtype
+    dtype = next(layer.parameters()).dtype
     if qz["weight"] is not None or qz["act"] is not None:
         cls = _masked_quant_linear_class()
         kwargs = {"weight_quant": qz["weight"], "input_quant": qz["act"], "dtype": dtype}
-        keep_dense = [n for n, m in model.named_modules()
+        keep_dense = [n for n, m in layer.named_modules()
                       if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] not in DECODER_LINEARS]
-        model = layerwise_quantize(model, compute_layer_map={nn.Linear: (cls, kwargs)}, name_blacklist=keep_dense)
-        if masks:
-            for name, mod in decoder_linears(model).items():
+        layer = layerwise_quantize(layer, compute_layer_map={nn.Linear: (cls, kwargs)}, name_blacklist=keep_dense)
+        for name, mod in decoder_linears(layer).items():
+            if masks:
                 mod.register_buffer("sparse_mask", masks[name].to(mod.weight.device), persistent=False)
-    for m in attn.attention_modules(model):
+            if qz["weight"] is not None:
+                with torch.no_grad():
+                    mod.quant_weight()
+    for m in attn.attention_modules(layer):
         sd = m.sdpa
         if qz["act"] is not None:
             sd.q_quant = qnn.QuantIdentity(act_quant=qz["act"], return_quant_tensor=True)
@@ -197,9 +240,7 @@ def quantize_layers(model, s: CompressionSettings, masks: dict | None = None) ->
         if qz["kv"] is not None:
             sd.k_quant = qnn.QuantIdentity(act_quant=qz["kv"], return_quant_tensor=True)
             sd.v_quant = qnn.QuantIdentity(act_quant=qz["kv"], return_quant_tensor=True)
-    if model.config.tie_word_embeddings:
-        model.tie_weights()
-    return model.eval()
+    return layer.eval()
 
 
 def remove_accelerate_hooks(model) -> None:
@@ -219,48 +260,6 @@ def place(model, device: torch.device, offload: bool):
 
 
 # ---------------------------------------------------------------- the pipeline
-
-def compress(model, tokenizer, s: CompressionSettings, device=None, offload: bool = False,
-             teacher=None, progress: bool = True, masks: dict | None = None):
-    """Compress ``model`` (float, HF Llama) in place; returns ``(model, masks)``. ``masks``: the 2:4 masks of a
-    model that is already pruned (e.g. the result of an earlier run), so pruning is not done again."""
-    s.validate(model.config)
-    torch.manual_seed(s.seed)
-    device = pick_device(device)
-    attn.install(model, s.policy())
-    batches = calibration_batches(tokenizer, s.calib_samples, s.calib_seqlen, s.seed, text=s.calib_text) if (
-        s.sparsity != "none" or s.weight_bits or s.qat_steps) else []
-    model = place(model, device, offload)
-    if s.sparsity != "2:4":
-        masks = None
-    elif masks is None:
-        masks = (sparsegpt_prune_2to4 if s.prune_method == "sparsegpt" else prune_2to4)(model, batches, progress)
-    if offload:
-        remove_accelerate_hooks(model)
-    model = quantize_layers(model, s, masks)
-    model = place(model, device, offload)
-    with torch.no_grad():
-        model(input_ids=batches[0][:1].to(device) if batches else torch.tensor([[0, 1]], device=device))
-    if s.weight_bits and s.weight_method == "gptq":
-        gptq(model, batches, progress)
-    if masks:
-        apply_masks(model, masks)
-    if s.qat_steps:
-        from accllm.quant.qat import distill
-
-        from accllm.quant.qat import teacher_generations
-
-        gen = teacher_generations(teacher, tokenizer, s.qat_generated, s.calib_seqlen, s.seed, progress) \
-            if s.qat_generated else None
-        model.accllm_qat_losses = distill(model, teacher, train_stream(tokenizer, s.calib_text), s, masks, device,
-                                          progress, generated=gen)
-    if offload:
-        remove_accelerate_hooks(model)
-    round_dense_to_fp16(model)
-    if s.weight_bits:
-        round_scales_to_fp16(model, s.weight_bits)
-    model.accllm_settings = s
-    return model, masks
 
 
 def _column_gptq_class():
@@ -322,6 +321,29 @@ def gptq(model, batches, progress: bool = True) -> None:
             g.update()
 
 
+def gptq_head(model, batches, progress: bool = True) -> None:
+    """Brevitas GPTQ (act-order, column quantiser of ``ColumnGPTQ``) of the LM head alone, the rest of the model as
+    it is: the head's inputs are what the model feeds it on the calibration batches."""
+    from brevitas.graph.gptq import gptq_mode
+    from tqdm import tqdm
+
+    device = next(model.parameters()).device
+    inputs = []
+    hook = model.lm_head.register_forward_pre_hook(lambda m, a: inputs.append(a[0].detach().reshape(-1, a[0].shape[-1])))
+    try:
+        with torch.no_grad():
+            for x in tqdm(batches, desc="head inputs", disable=not progress):
+                model(input_ids=x.to(device))
+    finally:
+        hook.remove()
+    # a one-module model, so that Brevitas' hook on the head fires when gptq_mode calls it
+    with torch.no_grad(), gptq_mode(nn.Sequential(model.lm_head), act_order=True, use_quant_activations=False,
+                                    create_weight_orig=False, gptq_class=_column_gptq_class(), device=str(device)) as g:
+        for x in inputs:
+            g.model(x)
+        g.update()
+
+
 def set_weight_quant_params(mod, scales: torch.Tensor, zps: torch.Tensor, bits: int) -> None:
     """Point Brevitas' learned (parameter_from_stats) scale and zero point at the stored integers."""
     tq = mod.weight_quant.tensor_quant
@@ -338,28 +360,39 @@ def set_weight_quant_params(mod, scales: torch.Tensor, zps: torch.Tensor, bits: 
     tq.zero_point_impl.value.data.copy_(-zps.float().to(s.device)[:, :, None] * s)
 
 
-def round_scales_to_fp16(model, bits: int) -> None:
+def round_scales_to_fp16(model, bits: int | None = None) -> None:
     """The weight stream stores group scales as fp16 and the engine dequantises with them: set Brevitas' learned
     scales to the nearest fp16 value (normal range), zero points unchanged, so that fake-quant computes what the
     engine does. Without it, models with massive activations (SmolLM2: |h| ~ 1e4) part from the golden model by
     ~10 % of the logits."""
     with torch.no_grad():
-        for mod in decoder_linears(model).values():
+        for mod in quant_linears(model).values():
             if getattr(mod, "weight_quant", None) is None or not mod.weight_quant.is_quant_enabled:
                 continue
             qw = mod.quant_weight()
             scale = qw.scale_.detach().float().squeeze(-1)
             zero = qw.zero_point_.detach().float().squeeze(-1)
             s16 = scale.clamp(min=2.0 ** -14).half().float()
-            set_weight_quant_params(mod, s16.cpu(), zero.cpu(), bits)
+            set_weight_quant_params(mod, s16.cpu(), zero.cpu(), int(qw.bit_width))
 
 
 def round_dense_to_fp16(model) -> None:
     """The checkpoint stores embeddings and norms in fp16; round the live model the same way so that
     a reloaded checkpoint computes exactly what the saved model did."""
-    from accllm.quant.prune import decoder_linears
-
-    lin = {id(m.weight) for m in decoder_linears(model).values()}
+    lin = {id(m.weight) for m in quant_linears(model).values()}
     for name, p in model.named_parameters():
         if id(p) not in lin and "_quant" not in name:
             p.data = p.data.half().float()
+
+
+# ---------------------------------------------------------------- layer by layer (bounded memory)
+
+
+def single_layer_view(layer, rotary):
+    """The ``model.model.layers`` / ``model.model.rotary_emb`` view of one loaded layer that
+    :func:`accllm.quant.attention.install` expects."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(model=SimpleNamespace(layers=[layer], rotary_emb=rotary))
+
+

@@ -6,13 +6,11 @@ quantisers of :mod:`accllm.quant.checkpoint` (the one statement of the Brevitas 
 is :mod:`accllm.sim.kv_layout`. This module fixes everything around them — the order of operations, widths
 and rounding of the float post-processing — so that the HLS C-simulation can reproduce it bit for bit:
 
-- Vectors between units are float32. Element-wise steps are float32 IEEE operations in the order written
-  below (no fused multiply-add).
-- Reductions (RMSNorm sum of squares, the group sum of the dequantisation, the softmax sum, lm_head dot
-  products) accumulate in float64 in index order and round once to float32 (``_seq_sum``).
-- Transcendentals (exp, cos, sin) are evaluated in float64 and rounded to float32; 1/sqrt is
-  ``1.0 / sqrt(double)`` (both correctly rounded). libm and torch agree on these float64 values to within
-  an ulp of float64, so the float32 results agree except with probability ~2^-29 per value.
+- Every float step is float32, one IEEE operation at a time in the order written, no fused multiply-add: the
+  float arithmetic of the non-linear units is :mod:`accllm.sim.nonlinear` (its one definition, which the HLS
+  kernel follows): reductions (RMSNorm sum of squares, the dequantisation's group sum, the softmax sum) are
+  its adder tree ``tree_sum``; exp is its table exp, 1/sqrt two correctly rounded operations, RoPE's cos/sin
+  rows of the compiler's table. So golden and C-simulation agree bit for bit, floats included.
 
 Per token at stream position ``i`` (one program run of the engine; :meth:`GoldenModel.prefill` runs a block of
 tokens per program run: each linear over the block's rows with one weight pass, attention token after token, so
@@ -32,12 +30,14 @@ every token gets exactly these operations):
       x = x + linear(silu(linear_gate(h)) * linear_up(h))      silu(g) = g * (1/(1+exp(-g)))
     logits = lm_head(rmsnorm(x, w_final))
 
-``linear``: ``y[n] = float32(sum_g float64(acc[n, g]) * float64(s_w[n, g])) * s_x`` (``s_w``: the stream's fp16 scales).
+``linear``: ``y[n] = tree_sum_g(float(acc[n, g]) * s_w[n, g]) * s_x`` (``s_w``: the stream's fp16 scales).
 
-The embedding and lm_head (the embedding when tied, else the checkpoint's ``lm_head.weight``) stay fp16
-weights with float32 activations and float64 accumulation: the embedding is a lookup (no multiply to save), and
-lm_head is the layer most sensitive to quantisation error (kept dense by the compression flow too); at batch 1 it
-is one matrix-vector product per token.
+The embedding stays an fp16 table (a lookup: no multiply to save). The LM head is an integer linear like the
+others (``lm_head``: DENSE, 4-bit codes, the checkpoint's own head, untied from the embedding by the compression
+flow): ``a8 = act_quant(h)``, the core's W4 group dot products, the same dequantisation with its fp16 scales. It
+runs once per program run, on the run's last token; what leaves the engine is its top-K (:func:`top_k`: sorted by
+logit descending, ties by lower id; the full logits only on request). Its integer trace (:func:`head_trace_fields`)
+is the trace's head region, right after the last token's layers (``GoldenModel.head_trace``).
 """
 from __future__ import annotations
 
@@ -50,8 +50,11 @@ import torch
 
 from accllm.quant.checkpoint import fake_quant_act, fake_quant_kv
 from accllm.sim import golden_core as core
+from accllm.sim import nonlinear as nl
+from accllm.sim.nonlinear import rmsnorm, rope, silu, softmax  # noqa: F401  (the units, re-exported)
 from accllm.sim.dims import Dims, dims_from  # noqa: F401  (re-exported: the golden model's dimensions)
 from accllm.sim.kv_layout import KVLayout, pack_slots
+from accllm.sim.topk import top_k  # noqa: F401  (re-exported: the engine's output, contract 3)
 
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LINEAR_PARENT = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
@@ -102,6 +105,7 @@ class LinearInts:
     scales: torch.Tensor  # float32 [N, K/G] holding fp16 values (rounded on construction)
     vals: torch.Tensor | None = None  # 2:4 kept codes [N, K/2]
     pos: torch.Tensor | None = None  # 2:4 positions [N, K/2]
+    wbits: int = 2  # code width (the LM head: 4)
 
     def __post_init__(self):
         # The weight stream stores group scales as fp16 (accllm.sim.weight_stream); the engine dequantises with
@@ -118,14 +122,13 @@ class GoldenWeights:
     inv_freq: torch.Tensor  # float32 [D/2]
     linears: list  # per layer {name: LinearInts}
     extra: dict = field(default_factory=dict)
-    lm_head: torch.Tensor | None = None  # float32 [V, H] (fp16 values) of an untied head; None: tied to embed
-
-    @property
-    def head(self) -> torch.Tensor:
-        return self.embed if self.lm_head is None else self.lm_head
+    lm_head: LinearInts | None = None  # the LM head [V, H], DENSE W4 (required to run)
 
 
-def _linear_ints(d: dict, group: int, sparse: bool, name: str) -> LinearInts:
+HEAD_BITS = core.ws.HEAD_WBITS  # the LM head's code width on the engine (the core's W4 mode)
+
+
+def _linear_ints(d: dict, group: int, sparse: bool, name: str, wbits: int = 2) -> LinearInts:
     codes = d["codes"].to(torch.int64)
     zeros = d["zero_points"].to(torch.int64)
     mask = d.get("mask")
@@ -134,7 +137,7 @@ def _linear_ints(d: dict, group: int, sparse: bool, name: str) -> LinearInts:
         bad = int(((codes != zr) & ~mask.bool()).sum())
         if bad:
             raise ValueError(f"{name}: {bad} pruned weights have a code different from their zero point")
-    lin = LinearInts(codes, zeros, d["scales"].float().contiguous())
+    lin = LinearInts(codes, zeros, d["scales"].float().contiguous(), wbits=wbits)
     if sparse:
         lin.vals, lin.pos = core.sparse_from_dense(codes, zeros, group)
     return lin
@@ -178,43 +181,18 @@ def load_weights(source) -> GoldenWeights:
         linears.append(layer)
         norms.append((tensors[f"model.layers.{i}.input_layernorm.weight"],
                       tensors[f"model.layers.{i}.post_attention_layernorm.weight"]))
+    if settings.head_bits != HEAD_BITS or "lm_head" not in ints:
+        raise ValueError(f"the engine runs the LM head as a {HEAD_BITS}-bit linear; this checkpoint's head is "
+                         f"{'fp16' if not settings.head_bits else f'{settings.head_bits}-bit'}: "
+                         "run `accllm quantize-head CHECKPOINT` (or re-quantize)")
+    head = _linear_ints(ints["lm_head"], dims.group, False, "lm_head", HEAD_BITS)
+    if tuple(head.codes.shape) != (dims.vocab, dims.hidden):
+        raise ValueError(f"lm_head: shape {tuple(head.codes.shape)}, expected {(dims.vocab, dims.hidden)}")
     return GoldenWeights(dims, tensors["model.embed_tokens.weight"], norms, tensors["model.norm.weight"],
-                         rope_inv_freq(config), linears, lm_head=tensors.get("lm_head.weight"))
+                         rope_inv_freq(config), linears, lm_head=head)
 
 
-# ------------------------------------------------------------------ float units (fixed order)
-
-def _seq_sum(x: torch.Tensor) -> torch.Tensor:
-    """Sum over the last axis in float64, in index order (cumsum is a sequential scan), -> float32."""
-    return torch.cumsum(x.double(), -1)[..., -1].float()
-
-
-def rmsnorm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    var = (torch.cumsum(x.double() * x.double(), -1)[..., -1] / x.shape[-1]).float()
-    inv = (1.0 / torch.sqrt(var.double() + eps)).float()
-    return (x * inv.unsqueeze(-1)) * w
-
-
-def rope_cos_sin(inv_freq: torch.Tensor, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
-    ang = float(pos) * inv_freq.double()
-    return torch.cos(ang).float(), torch.sin(ang).float()
-
-
-def rope(x: torch.Tensor, inv_freq: torch.Tensor, pos: int) -> torch.Tensor:
-    """x [..., D] rotated at ``pos``: out[j] = x[j]*c[j] - x[j+D/2]*s[j], out[j+D/2] = x[j+D/2]*c[j] + x[j]*s[j]."""
-    c, s = rope_cos_sin(inv_freq, pos)
-    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
-    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
-
-
-def silu(g: torch.Tensor) -> torch.Tensor:
-    return g * (1.0 / (1.0 + torch.exp(-g.double()))).float()
-
-
-def softmax(scores: torch.Tensor) -> torch.Tensor:
-    e = torch.exp((scores - scores.amax(-1, keepdim=True)).double()).float()
-    return (e.double() / _seq_sum(e).double().unsqueeze(-1)).float()
-
+# ------------------------------------------------------------------ float units (accllm.sim.nonlinear)
 
 def act_quant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """int64 codes and float32 scale [..., 1] of the per-row int8 activation quantiser."""
@@ -240,6 +218,18 @@ def trace_size(d: Dims) -> int:
     return sum(math.prod(s) for _, s in trace_fields(d))
 
 
+def head_trace_fields(d: Dims) -> list[tuple[str, tuple[int, ...]]]:
+    """The trace's head region (the LM head on a run's last token), right after that token's layers: in a run of
+    ``n`` tokens at int32 ``n * layers * trace_size``, so after ``layers * trace_size`` for one token."""
+    return [("head_in_a", (d.hidden,)), ("head_acc", (d.vocab, d.hidden // d.group))]
+
+
+def head_trace_size(d: Dims) -> int:
+    return sum(math.prod(s) for _, s in head_trace_fields(d))
+
+
+
+
 # ------------------------------------------------------------------ the model
 
 class GoldenModel:
@@ -249,6 +239,9 @@ class GoldenModel:
         self.w = weights
         self.d = weights.dims
         self.scaling = torch.tensor(self.d.head_dim ** -0.5, dtype=torch.float32)
+        self.rope_table = torch.from_numpy(nl.rope_table(weights.inv_freq.numpy()))  # the blob's rope_table
+        self.sink_cos_sin = nl.rope_cos_sin(self.rope_table, self.d.slots - 1)  # the re-rotated query's
+        self.head_trace: dict | None = None  # the last traced run's LM head (head_in_a, head_acc)
         self.reset()
 
     @classmethod
@@ -262,18 +255,20 @@ class GoldenModel:
     def linear(self, x: torch.Tensor, lin: LinearInts):
         a, s = act_quant(x)
         if lin.vals is not None:
-            acc = core.sparse_w2a8(a, lin.vals, lin.pos, lin.zeros, self.d.group)
+            acc = core.sparse_w2a8(a, lin.vals, lin.pos, lin.zeros, self.d.group, lin.wbits)
         else:
-            acc = core.dense_w2a8(a, lin.codes, lin.zeros, self.d.group)
-        y = _seq_sum(acc.double() * lin.scales.double()) * s  # s: [..., 1], a row per token
+            acc = core.dense_w2a8(a, lin.codes, lin.zeros, self.d.group, lin.wbits)
+        y = nl.dequant(acc, lin.scales, s)  # s: [..., 1], a row per token
         return y, a, acc
 
-    def attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int, tr: dict):
+    def attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int, tr: dict,
+                  cos_sin: tuple):
+        """One token at ``pos``; ``cos_sin``: its RoPE rows (:func:`accllm.sim.nonlinear.rope_cos_sin`)."""
         d, L = self.d, self.d.kv_layout()
         D, groups = d.head_dim, d.heads // d.kv_heads
         q_pre = q.view(d.heads, D)
-        q_rot = rope(q_pre, self.w.inv_freq, pos)
-        k_rot = rope(k.view(d.kv_heads, D), self.w.inv_freq, pos)
+        q_rot = rope(q_pre, *cos_sin)
+        k_rot = rope(k.view(d.kv_heads, D), *cos_sin)
         kc, ks, kz = fake_quant_kv(k_rot)
         vc, vs, vz = fake_quant_kv(v.view(d.kv_heads, D))
         kc, kz, vc, vz = kc.long(), kz.squeeze(-1).long(), vc.long(), vz.squeeze(-1).long()
@@ -284,13 +279,14 @@ class GoldenModel:
         qa, sq = act_quant(q_rot)  # [heads, D], [heads, 1]
         tr["q_a"] = qa
         if sink_rot:
-            qsa, sqs = act_quant(rope(q_pre, self.w.inv_freq, d.slots - 1))
+            qsa, sqs = act_quant(rope(q_pre, *self.sink_cos_sin))
             tr["q_sink_a"] = qsa
         out = torch.zeros(d.heads, D)
         qk_tr, p_tr, pv_tr = torch.zeros(d.heads, d.slots, dtype=torch.int64), torch.zeros(
             d.heads, d.slots, dtype=torch.int64), torch.zeros(d.heads, D, dtype=torch.int64)
         K, KS, KZ = self.cache.codes[layer, 0], self.cache.scales[layer, 0], self.cache.zeros[layer, 0]
         V, VS, VZ = self.cache.codes[layer, 1], self.cache.scales[layer, 1], self.cache.zeros[layer, 1]
+        scores = torch.empty(d.heads, n)
         for kvh in range(d.kv_heads):
             hs = slice(kvh * groups, (kvh + 1) * groups)
             acc = core.qk_a8kv4(qa[hs], K[kvh, :n], KZ[kvh, :n])  # [groups, n]
@@ -299,19 +295,23 @@ class GoldenModel:
                 acc_s = core.qk_a8kv4(qsa[hs], K[kvh, : d.sinks], KZ[kvh, : d.sinks])
                 acc = torch.cat([acc_s, acc[:, d.sinks:]], dim=1)
                 scale_q = torch.cat([sqs[hs].expand(-1, d.sinks), scale_q[:, d.sinks:]], dim=1)
-            scores = ((acc.float() * scale_q) * KS[kvh, :n]) * self.scaling
-            p = softmax(scores)
-            pa, sp = act_quant(p * VS[kvh, :n])
-            acc_o = core.pv_a8kv4(pa, V[kvh, :n], VZ[kvh, :n])  # [groups, D]
-            out[hs] = acc_o.float() * sp
-            qk_tr[hs, :n], p_tr[hs, :n], pv_tr[hs] = acc, pa, acc_o
+            scores[hs] = ((acc.float() * scale_q) * KS[kvh, :n]) * self.scaling
+            qk_tr[hs, :n] = acc
+        p = softmax(scores)  # row-wise: all heads in one call (the kernel runs them head after head)
+        pa, sp = act_quant(p * VS[:, :n].repeat_interleave(groups, 0))  # V scale folded into p
+        for kvh in range(d.kv_heads):
+            hs = slice(kvh * groups, (kvh + 1) * groups)
+            acc_o = core.pv_a8kv4(pa[hs], V[kvh, :n], VZ[kvh, :n])  # [groups, D]
+            out[hs] = acc_o.float() * sp[hs]
+            p_tr[hs, :n], pv_tr[hs] = pa[hs], acc_o
         tr.update(qk_acc=qk_tr, p_a=p_tr, pv_acc=pv_tr)
         return out.reshape(-1)
 
     @torch.no_grad()
     def step(self, token: int, trace: list | None = None) -> torch.Tensor:
         """Run one token at the next stream position (decode); returns float32 logits [V]. With ``trace`` (a
-        list), appends one dict of integer tensors per layer (see :func:`trace_fields`)."""
+        list), appends one dict of integer tensors per layer (see :func:`trace_fields`), and sets
+        :attr:`head_trace` (:func:`head_trace_fields`)."""
         return self._run([token], None if trace is None else [trace])
 
     @torch.no_grad()
@@ -342,6 +342,7 @@ class GoldenModel:
             if not 0 <= token < d.vocab:
                 raise ValueError(f"token id {token} outside the vocabulary [0, {d.vocab})")
         x = w.embed[torch.tensor(ids)].clone()  # [T, H]
+        rc, rs = nl.rope_cos_sin(self.rope_table, torch.arange(pos, pos + len(ids)))  # [T, D/2] each
         for i in range(d.layers):
             lin = w.linears[i]
             trs = [{"q_sink_a": torch.zeros(d.heads, d.head_dim, dtype=torch.int64)} for _ in ids]
@@ -350,7 +351,8 @@ class GoldenModel:
             q, bt["attn_in_a"], bt["q_acc"] = self.linear(h, lin["q_proj"])
             k, _, bt["k_acc"] = self.linear(h, lin["k_proj"])
             v, _, bt["v_acc"] = self.linear(h, lin["v_proj"])
-            o = torch.stack([self.attention(i, q[t], k[t], v[t], pos + t, trs[t]) for t in range(len(ids))])
+            o = torch.stack([self.attention(i, q[t], k[t], v[t], pos + t, trs[t], (rc[t], rs[t]))
+                             for t in range(len(ids))])
             y, bt["o_in_a"], bt["o_acc"] = self.linear(o, lin["o_proj"])
             x = x + y
             h = rmsnorm(x, w.norms[i][1], d.eps)
@@ -362,9 +364,14 @@ class GoldenModel:
                 for t, tr in enumerate(trs):
                     tr.update({name: val[t] for name, val in bt.items()})
                     traces[t].append(tr)
-        h = rmsnorm(x[-1], w.final_norm, d.eps)
+        h = rmsnorm(x[-1:], w.final_norm, d.eps)
         self.pos += len(ids)
-        return _seq_sum(h.double() * w.head.double())
+        if w.lm_head is None:
+            raise ValueError("the golden model has no LM head (a 4-bit linear); quantise it: accllm quantize-head")
+        logits, a, acc = self.linear(h, w.lm_head)  # the last token only
+        if traces is not None:
+            self.head_trace = {"head_in_a": a[0], "head_acc": acc[0]}
+        return logits[0]
 
     def generate(self, prompt: list[int], max_new: int, eos: int | None = None, on_token=None) -> list[int]:
         return greedy(self, prompt, max_new, eos, on_token)
@@ -391,9 +398,10 @@ def greedy(engine, prompt: list[int], max_new: int, eos: int | None = None, on_t
 
 
 def flatten_trace(d: Dims, tr: dict) -> torch.Tensor:
-    """One layer's trace dict -> int64 vector in :func:`trace_fields` order."""
+    """One layer's trace dict (or the head's, :attr:`GoldenModel.head_trace`) -> int64 vector in
+    :func:`trace_fields` (:func:`head_trace_fields`) order."""
     parts = []
-    for name, shape in trace_fields(d):
+    for name, shape in (head_trace_fields(d) if "head_acc" in tr else trace_fields(d)):
         t = torch.as_tensor(tr[name]).to(torch.int64)
         if tuple(t.shape) != shape:
             raise ValueError(f"trace field {name}: shape {tuple(t.shape)}, expected {shape}")

@@ -162,8 +162,9 @@ def pv_a8kv4(p, v, vz) -> torch.Tensor:
 
 def stream_acc(data, mode: int, fmt, rows: int, k: int, a) -> torch.Tensor:
     """The core on one section of the weight stream (:mod:`accllm.sim.weight_stream`), decoded from its words:
-    accumulators [rows, outputs per row]. ``a`` is the activation vector [K] (DENSE/SPARSE), the query [D] (QK)
-    or the probabilities [T] (PV); ``fmt`` is the section's ``StreamFormat``."""
+    accumulators [rows, outputs per row]. ``a`` is the activation vector [K] (DENSE/SPARSE; a block of ``nt``
+    vectors [nt, K] gives [nt, rows, groups], the engine's block mode), the query [D] (QK) or the probabilities [T]
+    (PV); ``fmt`` is the section's ``StreamFormat`` (its ``wbits`` the operation's code width)."""
     f = ws.unpack(data, mode, fmt, rows, k)
     if mode == MODE_DENSE:
         return dense_w2a8(a, f["codes"], f["zeros"], fmt.group, fmt.wbits)

@@ -41,7 +41,8 @@ class Engine:
     group: int = 32
     cores: int = 1                 # parallel integer cores (each LANES multipliers)
     sparse: bool = True            # decoder linears run 2:4 (SPARSE mode); else DENSE
-    lm_head: str = "dense"         # the LM head as a W2 linear in DENSE ("dense") or SPARSE ("sparse") mode
+    lm_head: str = "dense"         # the LM head as a linear in DENSE ("dense") or SPARSE ("sparse") mode
+    head_bits: int = 4             # the LM head's weight code width (DENSE W4: accllm.sim.weight_stream.HEAD_WBITS)
     weight_bits: int = 2
     kv_bits: int = 4
     kv_scale_bits: int = 16        # fp16 scale per (token, head), K and V each
@@ -66,6 +67,8 @@ class Engine:
             raise ValueError(f"prefill block must be >= 1 token, got {self.prefill_block}")
         if self.lm_head not in ("dense", "sparse"):
             raise ValueError(f"lm_head must be 'dense' or 'sparse', got {self.lm_head!r}")
+        ws.wmax(self.head_bits)
+        ws.wmax(self.weight_bits)
         return self
 
     @property
@@ -156,15 +159,20 @@ class PerfModel:
         return OpCost(layer, op, kind, macs * tokens, calls * beats * tokens, calls * packets * tokens, compute,
                       bytes_, mem, max(compute, mem) + self.engine.op_gap)
 
-    def linear(self, layer: str, name: str, n: int, k: int, sparse: bool, tokens: int = 1) -> OpCost:
+    def linear(self, layer: str, name: str, n: int, k: int, sparse: bool, tokens: int = 1,
+               wbits: int | None = None) -> OpCost:
+        """One weight pass of a linear for ``tokens`` activation vectors (decode 1; prefill a block of up to T, the
+        engine's block mode: the cores go over each record once per vector, ``beat_cycles`` per core beat as
+        measured on the Verilated engine)."""
         e = self.engine
         if k % e.group:
             raise ValueError(f"{layer}.{name}: input size {k} is not a multiple of the group {e.group}")
         mode = ws.MODE_SPARSE if sparse else ws.MODE_DENSE
-        nbytes = ws.layout_linears([(name, n, k)], self.fmt, self.channels, sparse).nbytes()
-        words, beats = pe.channel_work(mode, self.fmt, n, k, self.channels)  # channel 0, the largest share
+        fmt = self.fmt if wbits is None else replace(self.fmt, wbits=wbits)
+        nbytes = ws.layout_linears([(name, n, k)], fmt, self.channels, sparse).nbytes()
+        words, beats = pe.channel_work(mode, fmt, n, k, self.channels)  # channel 0, the largest share
         t = self.engine_timing
-        memory, compute = words / (self.rate * t.eff), tokens * beats
+        memory, compute = words / (self.rate * t.eff), tokens * beats * t.beat_cycles
         kind = "sparse" if sparse else "dense"
         return OpCost(layer, name, kind, n * k * tokens, beats * tokens, n * tokens, compute, nbytes, memory,
                       max(memory, compute) + t.overhead)
@@ -204,7 +212,7 @@ class PerfModel:
         m, e = self.model, self.engine
         return [self.vector("head", "embed", m.hidden * tokens_out, bytes_=2 * m.hidden * tokens_out),
                 self.vector("head", "final_rmsnorm+quant", 2 * m.hidden * tokens_out, bytes_=2 * m.hidden),
-                self.linear("head", "lm_head", m.vocab, m.hidden, e.lm_head == "sparse", tokens_out)]
+                self.linear("head", "lm_head", m.vocab, m.hidden, e.lm_head == "sparse", tokens_out, e.head_bits)]
 
     # -- phases
     def decode(self, context: int) -> dict:
@@ -215,9 +223,10 @@ class PerfModel:
 
     def prefill(self, prompt: int) -> dict:
         """The prompt in blocks of ``engine.prefill_block`` (T) tokens: per block every linear streams its weights
-        once against the block's activation vectors held on chip, so the weights are read ``ceil(prompt / T)``
-        times; attention runs per token over its Λ keys; one LM head (the last token's logits). ``seconds`` is
-        the time to first token."""
+        once against the block's activation vectors held on chip (the engine's block mode, time-multiplexed over
+        the held record: a block costs max(one weight pass, T x the core beats)), so the weights are read
+        ``ceil(prompt / T)`` times; attention runs per token over its Λ keys; one LM head (the last token's logits,
+        DENSE W4). ``seconds`` is the time to first token."""
         if prompt < 1:
             raise ValueError(f"prompt must be >= 1 token, got {prompt}")
         e, m = self.engine, self.model
@@ -267,7 +276,8 @@ class PerfModel:
         """Bytes the model needs in external memory: weights (as read by decode) plus a full Λ KV cache."""
         m, e = self.model, self.engine
         weights = self.linear_layout().nbytes()
-        head = ws.layout_linears([("lm_head", m.vocab, m.hidden)], self.fmt, self.channels, e.lm_head == "sparse")
+        head = ws.layout_linears([("lm_head", m.vocab, m.hidden)], replace(self.fmt, wbits=e.head_bits), self.channels,
+                                 e.lm_head == "sparse")
         weights += head.nbytes() + (0 if m.tied else 2 * m.vocab * m.hidden)
         return weights + m.layers * e.cache_tokens * e.kv_bytes_per_token(m)
 

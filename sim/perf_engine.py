@@ -5,11 +5,14 @@ terms, taken from Verilated engine runs (``bench/engine.py`` writes them): the m
 delivered per cycle over the channel's peak ``rate``) and a fixed cost per operation ``overhead`` (read latency,
 pipeline fill and drain). An operation takes
 
-    cycles = max(words / (rate * eff), core_beats) + overhead
+    cycles = max(words / (rate * eff), nt * core_beats * beat_cycles) + overhead
 
 where ``words`` is channel 0's section (the largest share, whole tiles per channel) and ``core_beats`` the beats
-its cores need (super-records x beats per record): the engine waits on memory or on its cores, whichever is
-slower. Nothing else is assumed; the clock is the board's stated kernel clock.
+its cores need for one activation vector (super-records x beats per record); in block mode (prefill) the cores
+go over each held record once per vector of the block, ``nt`` of them: the engine waits on memory or on its
+cores, whichever is slower. ``beat_cycles`` (cycles per core beat when compute-bound, ideally 1) is fitted on
+Verilated block-mode runs (``block_operations``); without them it is 1. Nothing else is assumed; the clock is
+the board's stated kernel clock.
 
 The measured operations the fit is made from live in ``data/engine_timing.json`` (``bench/engine.py --small``
 writes them); :func:`load_timing` fits them. The engine's format on a board (:func:`board_format`) is the
@@ -31,6 +34,7 @@ class EngineTiming:
     eff: float  # achieved / peak words per cycle while streaming
     overhead: float  # cycles per operation beyond streaming
     source: str  # where the fit came from
+    beat_cycles: float = 1.0  # cycles per core beat of a compute-bound (block-mode) operation
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -45,8 +49,23 @@ def channel_work(mode: int, fmt: ws.StreamFormat, rows: int, k: int, channels: i
     return words, beats
 
 
-def op_cycles(words: int, beats: int, rate: float, t: EngineTiming) -> float:
-    return max(words / (rate * t.eff), beats) + t.overhead
+def op_cycles(words: int, beats: int, rate: float, t: EngineTiming, nt: int = 1) -> float:
+    """Cycles of one operation: ``beats`` core beats per vector, ``nt`` vectors per weight pass (block mode)."""
+    return max(words / (rate * t.eff), nt * beats * t.beat_cycles) + t.overhead
+
+
+def fit_block(ops: list[dict], rate: float, t: EngineTiming) -> EngineTiming:
+    """``t`` with ``beat_cycles`` fitted on measured block-mode operations (dicts with ``words``, ``beats``,
+    ``nt``, ``cycles``): least squares of ``cycles - overhead = beat_cycles * nt * beats`` over the compute-bound
+    ones (``nt * beats`` above the streaming time)."""
+    import numpy as np
+
+    cb = [o for o in ops if o["nt"] * o["beats"] > o["words"] / (rate * t.eff)]
+    if len(cb) < 2:
+        raise ValueError("fitting the block timing needs at least two compute-bound block operations")
+    x = np.array([o["nt"] * o["beats"] for o in cb], float)
+    y = np.array([o["cycles"] - t.overhead for o in cb], float)
+    return EngineTiming(t.eff, t.overhead, t.source, beat_cycles=float(x @ y / (x @ x)))
 
 
 def fit_timing(ops: list[dict], rate: float, source: str) -> EngineTiming:
@@ -64,13 +83,17 @@ def fit_timing(ops: list[dict], rate: float, source: str) -> EngineTiming:
 
 def token_cycles(model, fmt: ws.StreamFormat, channels: int, rate: float, t: EngineTiming,
                  sparse: bool = True, lm_head: bool = True) -> dict:
-    """Cycles of every linear of one decode token (``model``: ``accllm.sim.boards.ModelShape``)."""
+    """Cycles of every linear of one decode token (``model``: ``accllm.sim.boards.ModelShape``); the LM head is
+    a DENSE linear with :data:`~accllm.sim.weight_stream.HEAD_WBITS`-bit codes."""
+    from dataclasses import replace
+
     mode = ws.MODE_SPARSE if sparse else ws.MODE_DENSE
     per = {}
     for name, n, k in model.linears():
         per[name] = op_cycles(*channel_work(mode, fmt, n, k, channels), rate, t)
     layer = sum(per.values())
-    head = op_cycles(*channel_work(mode, fmt, model.vocab, model.hidden, channels), rate, t) if lm_head else 0.0
+    head = op_cycles(*channel_work(ws.MODE_DENSE, replace(fmt, wbits=ws.HEAD_WBITS), model.vocab, model.hidden,
+                                   channels), rate, t) if lm_head else 0.0
     return {"per_linear": per, "layer": layer, "lm_head": head, "token": model.layers * layer + head}
 
 
@@ -116,14 +139,21 @@ def channel_rate(board, channel_bits: int) -> float:
 
 
 def save_timing_data(bench: dict, source: str, path: Path = TIMING_FILE) -> Path:
-    """Keep a ``bench/engine.py`` run's measured operations (words, cycles) and peak rate for :func:`load_timing`."""
+    """Keep a ``bench/engine.py`` run's measured operations (words, cycles), its block-mode operations (words,
+    beats, nt, cycles) and peak rate for :func:`load_timing`."""
     ops = [{k: o[k] for k in ("name", "k", "rows_channel0", "words", "cycles")} for o in bench["simulated"]["operations"]]
+    blocks = [{k: o[k] for k in ("name", "k", "rows_channel0", "words", "beats", "nt", "cycles")}
+              for o in bench.get("block", {}).get("operations", [])]
     path.write_text(json.dumps({"source": source, "beats_per_cycle_peak": bench["memory_model"]["beats_per_cycle_peak"],
-                                "latency_cycles": bench["memory_model"]["latency_cycles"], "operations": ops}, indent=1))
+                                "latency_cycles": bench["memory_model"]["latency_cycles"], "operations": ops,
+                                "block_operations": blocks}, indent=1))
     return path
 
 
 def load_timing(path: Path = TIMING_FILE) -> EngineTiming:
-    """The engine timing fitted on the stored measured operations."""
+    """The engine timing fitted on the stored measured operations (and block-mode operations when stored)."""
     d = json.loads(Path(path).read_text())
-    return fit_timing(d["operations"], d["beats_per_cycle_peak"], d["source"])
+    t = fit_timing(d["operations"], d["beats_per_cycle_peak"], d["source"])
+    if d.get("block_operations"):
+        t = fit_block(d["block_operations"], d["beats_per_cycle_peak"], t)
+    return t

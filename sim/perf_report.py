@@ -27,12 +27,13 @@ def _print_report(pm: PerfModel, dec: dict, pre: list[dict]) -> None:
           f"{m.linear_params() / 1e9:.3f} B linear weights")
     print(f"board {b.name}: {b.title}, kernel clock {b.clock_mhz:g} MHz, {b.mem_bandwidth_gbs:g} GB/s "
           f"({b.memory}); kernel ports {b.mem_ports} x {b.port_bits} bit")
-    print(f"engine: {e.cores} cores x {e.lanes} lanes, group {e.group}, {'2:4 sparse' if e.sparse else 'dense'} W2, "
-          f"KV4, Λ {e.sinks}+{e.window}; {pm.weight_bits_per_weight():.3f} bits per weight read "
+    print(f"engine: {e.cores} cores x {e.lanes} lanes, group {e.group}, {'2:4 sparse' if e.sparse else 'dense'} "
+          f"W{e.weight_bits}, LM head {e.lm_head} W{e.head_bits}, KV4, Λ {e.sinks}+{e.window}; prefill blocks of "
+          f"T = {e.prefill_block}; {pm.weight_bits_per_weight():.3f} bits per weight read "
           f"(weight-stream layout, {pm.channels} x {pm.fmt.channel_bits}-bit channels x {pm.fmt.cores} cores)")
     t = pm.engine_timing
-    print(f"engine timing (linears): memory efficiency {t.eff:.3f}, {t.overhead:.0f} cycles per operation "
-          f"(fitted on {t.source})")
+    print(f"engine timing (linears): memory efficiency {t.eff:.3f}, {t.overhead:.0f} cycles per operation, "
+          f"{t.beat_cycles:.3f} cycles per core beat in block mode (fitted on {t.source})")
     print(f"core timing: {pm.timing.per_beat:.4f}*beats + {pm.timing.per_packet:.4f}*packets + {pm.timing.per_op:.2f} "
           f"cycles (fitted on RTL cycles, {pm.timing.source}); everything else assumed (accllm.sim.perf.Engine)")
     print(f"\nper decoder layer ({dec['phase']}, context {dec['context']}, {dec['attended_keys']} keys attended):")
@@ -45,7 +46,8 @@ def _print_report(pm: PerfModel, dec: dict, pre: list[dict]) -> None:
           f"{dec['achieved_over_limit']:.2f}" + (f", {dec['tokens_per_j']:.2f} token/J at {b.power_w:g} W (assumed)"
                                                  if "tokens_per_j" in dec else ""))
     for p in pre:
-        print(f"prefill: {p['tokens']} tokens, time to first token {p['seconds'] * 1e3:.1f} ms "
+        print(f"prefill: {p['tokens']} tokens, time to first token {p['seconds'] * 1e3:.1f} ms beside decode "
+              f"{dec['tokens_per_s']:.1f} token/s "
               f"({p['tokens_per_s']:.1f} token/s; blocks of T = {p['block']}: {p['weight_passes']} weight passes, "
               f"{p['bytes'] / 1e9:.2f} GB read, {p['ops_per_byte']:.0f} ops/byte; on-chip block buffers "
               f"{p['block_buffer_bytes'] / 2**20:.1f} MiB)")

@@ -24,10 +24,16 @@ all-zero rows); per tile, per record index along the row, one record per core (c
 cores consume together. A row of K inputs has K/G records (DENSE/SPARSE) or K/L records (QK, PV; K padded by
 the caller: QK with code = kz and q = 0, PV with p = 0 and code = zero = 0).
 
-Engine output per channel (AXI4-Stream, one beat per closed super-record): DENSE/SPARSE close every record,
+Engine output per channel (AXI4-Stream, one beat per closed accumulation): DENSE/SPARSE close every record,
 QK/PV at the end of the row. Beat bits ``[32c+31 : 32c]`` = signed accumulator of core ``c``;
 ``[32*cores + 16c + 15 : 32*cores + 16c]`` = the fp16 scale of the closing record (DENSE/SPARSE, else 0).
 Rows of a linear are split over channels in whole tiles (:func:`channel_rows`).
+
+Block mode (prefill, DENSE/SPARSE): one pass over a section serves ``nt`` activation vectors (``nt`` <= the
+engine's ``T``); each super-record gives ``nt`` beats, vector 0 first, so the beats run (tile, record index,
+vector) with the vector fastest; the scale fields repeat in each. ``nt = 1`` is the matrix-vector order above.
+A section's bytes are the same whatever ``nt`` and whatever the operation's code width says of the record length
+(the code width is a field of the engine's MODE register, per operation: 2 or 4 bits).
 
 Memory cost is what :func:`layout` returns; the compiler's blob map and the perf model both take it from there.
 The golden core reads a section back with ``accllm.sim.golden_core.stream_acc``. QK/PV records are how the engine
@@ -35,7 +41,7 @@ reads KV operands; the KV cache itself (accllm.sim.kv_layout) is not stored in t
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -339,17 +345,23 @@ def unpack(data, mode: int, fmt: StreamFormat, rows: int, k: int) -> dict[str, n
 
 
 def output_beats(acc: np.ndarray, mode: int, fmt: StreamFormat, scale_bits: np.ndarray | None = None) -> list[int]:
-    """Golden accumulators [rows, outs] (and fp16 scale bits [rows, outs] for DENSE/SPARSE) -> the engine's output
-    beats for one channel, in order; padding rows of the last tile give accumulator 0 (and scale 0)."""
+    """Golden accumulators [rows, outs] or, in block mode, [nt, rows, outs] (and fp16 scale bits [rows, outs] for
+    DENSE/SPARSE) -> the engine's output beats for one channel, in order (tile, output, vector); padding rows of the
+    last tile give accumulator 0 (and scale 0)."""
     acc = np.asarray(acc, np.int64)
-    rows, outs = acc.shape
+    if acc.ndim == 2:
+        acc = acc[None]
+    if acc.shape[0] > 1 and _mode(mode) not in (MODE_DENSE, MODE_SPARSE):
+        raise ValueError(f"block mode (nt = {acc.shape[0]}) is for DENSE/SPARSE sections, not {MODE_NAMES[mode]}")
+    nt, rows, outs = acc.shape
     pad = -rows % fmt.cores
-    acc = np.concatenate([acc, np.zeros((pad, outs), np.int64)])
-    sc = np.zeros_like(acc) if scale_bits is None else np.concatenate([np.asarray(scale_bits, np.int64),
-                                                                      np.zeros((pad, outs), np.int64)])
-    tiles = acc.shape[0] // fmt.cores
-    acc = acc.reshape(tiles, fmt.cores, outs).transpose(0, 2, 1).reshape(-1, fmt.cores)
-    sc = sc.reshape(tiles, fmt.cores, outs).transpose(0, 2, 1).reshape(-1, fmt.cores)
+    acc = np.concatenate([acc, np.zeros((nt, pad, outs), np.int64)], axis=1)
+    sc = np.zeros(acc.shape[1:], np.int64) if scale_bits is None else np.concatenate(
+        [np.asarray(scale_bits, np.int64), np.zeros((pad, outs), np.int64)])
+    tiles = acc.shape[1] // fmt.cores
+    acc = acc.reshape(nt, tiles, fmt.cores, outs).transpose(1, 3, 0, 2).reshape(-1, fmt.cores)
+    sc = np.repeat(sc.reshape(tiles, fmt.cores, outs).transpose(0, 2, 1).reshape(-1, 1, fmt.cores), nt, 1)
+    sc = sc.reshape(-1, fmt.cores)
     beats = []
     for ab, sb in zip(acc, sc):
         w = 0
@@ -360,12 +372,17 @@ def output_beats(acc: np.ndarray, mode: int, fmt: StreamFormat, scale_bits: np.n
     return beats
 
 
-def split_output(beats, fmt: StreamFormat, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """Engine output beats of one channel -> (accumulators [rows, outs] int64, fp16 scale bits [rows, outs])."""
+def split_output(beats, fmt: StreamFormat, rows: int, nt: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Engine output beats of one channel -> (accumulators [rows, outs] int64, fp16 scale bits [rows, outs]); in
+    block mode (``nt`` > 1) the accumulators are [nt, rows, outs] (inverse of :func:`output_beats`)."""
     n = len(beats)
     tiles = -(-rows // fmt.cores)
-    if n % tiles:
-        raise ValueError(f"{n} output beats is not a whole number per tile ({tiles} tiles)")
+    if n % (tiles * nt):
+        raise ValueError(f"{n} output beats is not a whole number per tile and vector ({tiles} tiles, {nt} vectors)")
+    if nt > 1:
+        per = np.asarray(list(beats), dtype=object).reshape(-1, nt)
+        parts = [split_output(per[:, t].tolist(), fmt, rows) for t in range(nt)]
+        return np.stack([p[0] for p in parts]), parts[0][1]
     acc = np.zeros((n, fmt.cores), np.int64)
     sc = np.zeros((n, fmt.cores), np.int64)
     for i, w in enumerate(beats):
@@ -391,10 +408,11 @@ class Section:
     rows: tuple[int, int]  # [start, stop) of the linear's rows
     k: int
     mode: int
+    wbits: int = 2  # the section's weight code width (the engine's MODE register says it per operation)
 
     def to_json(self) -> dict:
         return {"name": self.name, "channel": self.channel, "offset": self.offset, "nbytes": self.nbytes,
-                "rows": list(self.rows), "k": self.k, "mode": MODE_NAMES[self.mode]}
+                "rows": list(self.rows), "k": self.k, "mode": MODE_NAMES[self.mode], "wbits": self.wbits}
 
 
 @dataclass
@@ -434,27 +452,42 @@ class Layout:
                 "sections": [s.to_json() for s in self.sections]}
 
 
-def layout_linears(linears, fmt: StreamFormat, channels: int = 1, sparse: bool = True) -> Layout:
+def layout_linears(linears, fmt: StreamFormat, channels: int = 1, sparse: bool = True,
+                   after: Layout | None = None) -> Layout:
     """Sections of named linears ``[(name, rows, k), ...]`` over ``channels`` channels, each channel's sections
-    back to back from offset 0 of its own region (whole words, so every section starts on a word)."""
+    back to back from offset 0 of its own region (whole words, so every section starts on a word). With ``after``,
+    the sections follow that layout's in each channel (e.g. the DENSE W4 LM head after W2 decoder linears: ``fmt``
+    may differ in code width only) and the result holds both."""
     mode = MODE_SPARSE if sparse else MODE_DENSE
     offsets = [0] * channels
     sections, weights = [], {}
+    if after is not None:
+        if after.channels != channels or replace(after.fmt, wbits=fmt.wbits) != fmt:
+            raise ValueError(f"sections appended to a layout must share its channels and format but the code width "
+                             f"({after.channels} x {after.fmt} vs {channels} x {fmt})")
+        offsets = after.channel_bytes()
+        sections, weights = list(after.sections), dict(after.weights)
     for name, n, k in linears:
         _check_group(k, fmt.group)
         weights[name] = n * k
         for ch, (r0, r1) in enumerate(channel_rows(n, fmt.cores, channels)):
             nb = section_bytes(mode, fmt, r1 - r0, k) if r1 > r0 else 0
-            sections.append(Section(name, ch, offsets[ch], nb, (r0, r1), k, mode))
+            sections.append(Section(name, ch, offsets[ch], nb, (r0, r1), k, mode, fmt.wbits))
             offsets[ch] += nb
-    return Layout(fmt, channels, sections, weights)
+    return Layout(after.fmt if after is not None else fmt, channels, sections, weights)
+
+
+HEAD_WBITS = 4  # the LM head: DENSE records with 4-bit codes (project contract 2)
 
 
 def layout(model, fmt: StreamFormat, channels: int = 1, sparse: bool = True, lm_head: bool = False) -> Layout:
     """Every decoder linear of a model in the weight stream. ``model`` has ``layers`` and ``linears()`` ->
     ``[(name, N, K), ...]`` of one decoder layer (``accllm.sim.boards.ModelShape``); with ``lm_head`` the
-    output projection [vocab, hidden] is laid out too, as one more linear of the engine."""
+    output projection [vocab, hidden] is laid out too, after them, as one more linear of the engine: DENSE with
+    :data:`HEAD_WBITS`-bit codes."""
     lins = [(f"layers.{i}.{name}", n, k) for i in range(model.layers) for name, n, k in model.linears()]
+    lay = layout_linears(lins, fmt, channels, sparse)
     if lm_head:
-        lins.append(("lm_head", model.vocab, model.hidden))
-    return layout_linears(lins, fmt, channels, sparse)
+        lay = layout_linears([("lm_head", model.vocab, model.hidden)], replace(fmt, wbits=HEAD_WBITS), channels,
+                             sparse=False, after=lay)
+    return lay

@@ -125,6 +125,8 @@ class FakeDevice:
             return
         self.runs += 1
         for name in self.outputs:
+            if not scalars.get(f"{name}_en", 1):  # an output behind an enable flag (logits_en) is not written
+                continue
             self.unread.add(self.regs.get(self.args[name].offset, 0) | (self.regs.get(self.args[name].offset + 4, 0) << 32))
         self.done_bit = True
         self.state = "done" if self.protocol == "ap_ctrl_chain" else "idle"

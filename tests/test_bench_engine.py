@@ -40,3 +40,13 @@ def test_engine_bench_small(tmp_path):
         assert ops[name]["words"] == ws.section_words(ws.MODE_SPARSE, fmt, r1 - r0, k)
     assert 0.8 < sim["memory_utilization"] <= 1.0
     assert "wrote" in proc.stdout
+    # block mode: the layer's linears on nt = T/4 .. T vectors, exact, each reading what decode reads once
+    blk = r["block"]
+    assert blk["mismatches"] == 0 and {b["nt"] for b in blk["operations"]} == {e["block"] // 4, e["block"] // 2, e["block"]}
+    assert all(b["words"] == b["words_nt1"] for b in blk["operations"])
+    assert all(b["cycles"] >= b["nt"] * b["beats"] for b in blk["operations"])
+    assert 0.95 < r["prefill"]["beat_cycles_fitted"] < 1.2
+    head = ops["lm_head"]
+    assert head["words"] == ws.section_words(ws.MODE_DENSE, ws.StreamFormat(4, e["group"], e["lanes"], e["cores"],
+                                                                          e["channel_bits"]),
+                                             head["rows_channel0"], head["k"])

@@ -33,9 +33,9 @@ def test_csim_bit_exact_with_golden_every_layer(flow):
     ids = tok.encode(PROMPTS[0]) + [7, 100, 2000]
     mism, total, dlogit = _compare(GoldenModel.load(ckpt), CSim(build), ids)
     assert total > 0 and mism == 0
-    # libm (C-sim) and torch (golden) transcendentals may differ by a float64 ulp on another CPU: bound, don't
-    # demand equality (measured 0.0 here since the softmax sum is rounded as specified; ~2e-6 before).
-    assert dlogit < 1e-4
+    # Floats too: both sides run accllm.sim.nonlinear's float32 arithmetic (correctly rounded operations, tables for
+    # exp and cos/sin, the adder-tree sums), so the logits are the same bits on any IEEE-754 CPU.
+    assert dlogit == 0.0
 
 
 def test_csim_bit_exact_on_random_token_streams(flow):
@@ -51,7 +51,7 @@ def test_csim_bit_exact_on_random_token_streams(flow):
     for ids in streams:
         mism, total, dlogit = _compare(golden, csim, ids)
         assert mism == 0, f"tokens {ids}: {mism} of {total} integers differ"
-        assert dlogit < 1e-4, f"tokens {ids}: logits differ by {dlogit}"
+        assert dlogit == 0.0, f"tokens {ids}: logits differ by {dlogit}"
 
 
 def test_csim_bit_exact_through_ring_wrap_and_sink_rotation(flow, tmp_path):

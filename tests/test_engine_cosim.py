@@ -35,19 +35,66 @@ def test_engine_cosim_is_bit_exact_with_golden(flow):
     log, core_log = engine_native.read_log(sim.lib), rtl_native.read_log(sim.lib)
     assert r["integers_compared"] > 0 and r["integer_mismatches"] == 0, r
     assert engine_native.stats(sim.lib)["protocol_errors"] == before
+    from accllm.sim.golden import LINEARS
+
     d, m = golden.d, sim.engine_map
-    assert len(log) == 7 * d.layers * len(ids)
-    assert {rec["mode"] for rec in log} == {gc.MODE_SPARSE if d.sparse else gc.MODE_DENSE}
+    n_lin = len(LINEARS) * d.layers  # the LM head, when the image has its section, is linear n_lin
+    lin = [rec for rec in log if rec["linear"] < n_lin]
+    head = [rec for rec in log if rec["linear"] == n_lin]
+    has_head = any(s["name"] == engine_native.HEAD_NAME for s in m["sections"])
+    assert len(lin) == n_lin * len(ids) and len(head) == (len(ids) if has_head else 0)
+    assert len(lin) + len(head) == len(log)
+    assert {(rec["mode"], rec["wbits"]) for rec in lin} == {(gc.MODE_SPARSE if d.sparse else gc.MODE_DENSE, 2)}
+    assert all((rec["mode"], rec["wbits"]) == (gc.MODE_DENSE, 4) for rec in head)  # the head: DENSE W4
     words = {}
     for s in m["sections"]:
         words[s["name"]] = words.get(s["name"], 0) + s["nbytes"] * 8 // m["format"]["channel_bits"]
-    from accllm.sim.golden import LINEARS
-
     for rec in log:
         layer, j = divmod(rec["linear"], len(LINEARS))
-        assert rec["words"] == words[f"layers.{layer}.{LINEARS[j]}"]
+        name = engine_native.HEAD_NAME if rec["linear"] == n_lin else f"layers.{layer}.{LINEARS[j]}"
+        assert rec["words"] == words[name]
         assert rec["cycles"] > 150  # at least one memory latency
     assert {rec["mode"] for rec in core_log} == {gc.MODE_QK, gc.MODE_PV}  # and no linear on the single core
+
+
+def test_engine_cosim_prefill_in_blocks(flow):
+    """Prefill on the engine's block mode: each linear runs once per block of T tokens (nt = T, then the rest),
+    reading its sections' words once per block, not per token; KV cache, logits and every layer's integers equal
+    token-by-token decode on the same engine and the golden model's prefill; no protocol error."""
+    import numpy as np
+
+    from accllm.hw import engine_native
+    from accllm.sim.golden import LINEARS, GoldenModel, flatten_trace
+
+    ckpt, _, build = flow
+    sim = engine_native.engine_csim(build, {"latency": 120, "ar_stall": 10, "r_stall": 10, "out_stall": 10, "seed": 5})
+    T, d = sim.prefill_block, None
+    ids = [int(x) for x in np.random.default_rng(1).integers(0, sim.vocab, T + 3)]
+    before = engine_native.stats(sim.lib)["protocol_errors"]
+    sim.reset()
+    for t in ids:
+        lt = sim.step(t)
+    kv_t = sim.kv.copy()
+    sim.reset()
+    engine_native.start_log(sim.lib)
+    lb = sim.prefill(ids, trace=True)
+    log = engine_native.read_log(sim.lib)
+    assert np.array_equal(sim.kv, kv_t) and np.array_equal(lb, lt)
+    assert engine_native.stats(sim.lib)["protocol_errors"] == before
+    golden = GoldenModel.load(ckpt)
+    d = golden.d
+    traces = []
+    golden.prefill(ids, block=T, traces=traces)
+    mism = sum(int((flatten_trace(d, traces[t][layer]).numpy() != sim.prefill_trace(t, layer)).sum())
+               for t in range(len(ids)) for layer in range(d.layers))
+    assert mism == 0
+    lin = [r for r in log if r["linear"] < d.layers * len(LINEARS)]
+    assert len(lin) == 2 * d.layers * len(LINEARS)  # two blocks
+    assert sorted({r["nt"] for r in lin}) == [3, T]
+    words = {}
+    for r in lin:
+        words.setdefault(r["linear"], set()).add(r["words"])
+    assert all(len(w) == 1 for w in words.values())  # a block of T reads what a block of 3 reads: one pass
 
 
 def test_engine_cosim_counts_reads_outside_the_image(flow):

@@ -1,11 +1,12 @@
 """An untied LM head (``lm_head.weight`` of its own, as Llama-2 / TinyLlama have) through compression, the
-checkpoint and the golden model: golden logits follow the Brevitas fake-quant model, and the head is the stored
-one, not the embedding."""
+checkpoint and the golden model: the head is quantised from its own weight (4-bit, as the engine runs it), golden
+logits follow the Brevitas fake-quant model, and the head is the stored one, not the embedding."""
 import pytest
 import torch
 
 from accllm.quant.checkpoint import load_compressed, save_compressed
-from accllm.quant.quantize import CompressionSettings, compress
+from accllm.quant.quantize import CompressionSettings
+from accllm.quant.compress import compress
 from accllm.sim.golden import GoldenModel, teacher_forced_vs_brevitas
 from quant_fixtures import tiny_model, tokenizer
 
@@ -24,21 +25,29 @@ def untied(tmp_path_factory):
 
 def test_untied_head_is_saved_and_reloaded(untied):
     model, out = untied
-    loaded, _, _ = load_compressed(out)
-    assert not loaded.config.tie_word_embeddings
-    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
-    assert not torch.equal(loaded.lm_head.weight, loaded.model.embed_tokens.weight)
+    loaded, _, s = load_compressed(out)
+    assert not loaded.config.tie_word_embeddings and s.head_bits == 4
+    qa, qb = loaded.lm_head.quant_weight(), model.lm_head.quant_weight()
+    assert int(qa.bit_width) == 4 and torch.equal(qa.value, qb.value)
+    assert not torch.equal(qa.value, loaded.model.embed_tokens.weight)
 
 
 def test_golden_untied_head_matches_brevitas(untied):
+    from accllm.quant.checkpoint import fake_quant_weight, integer_linear_weights
+    from accllm.sim.golden import LinearInts
+
     model, out = untied
     golden = GoldenModel.load(out)
-    assert golden.w.lm_head is not None and torch.equal(golden.w.head, model.lm_head.weight.detach().float())
+    ref = integer_linear_weights(model)["lm_head"]
+    assert golden.w.lm_head.wbits == 4 and torch.equal(golden.w.lm_head.codes, ref["codes"].long())
     prompts = [[5, 17, 300, 42, 7], [1000, 2000, 3, 99]]
     r = teacher_forced_vs_brevitas(model, golden, prompts, max_new=8)
     assert r["steps"] == 16 and r["agreement"] == 1.0, r
     assert r["max_rel"] < 0.05, r
-    # the same check fails when the golden model uses the embedding as head (the bug this guards against)
-    golden.w.lm_head = None
+    # the same check fails when the golden model's head is the embedding (the bug this guards against), in the
+    # head's own integer form
+    h = golden.w.lm_head
+    codes, _ = fake_quant_weight(golden.w.embed, h.scales, h.zeros, 4, golden.d.group)
+    golden.w.lm_head = LinearInts(codes.long(), h.zeros, h.scales, wbits=4)
     wrong = teacher_forced_vs_brevitas(model, golden, prompts, max_new=8)
     assert wrong["max_rel"] > 0.5 and wrong["agreement"] < 1.0, wrong

@@ -54,6 +54,30 @@ def test_csim_streams_exactly_the_golden_tokens_and_kv_cache(build):
         assert np.abs(la - lb).max() <= 1e-4 * max(1.0, np.abs(lb).max())
 
 
+def test_greedy_through_the_on_chip_top_k_equals_greedy_through_the_logits(build):
+    """Greedy generation reads only the engine's top-K (forward_top); the same tokens as through the full logits
+    (log-probabilities force the full-logits path), on the C-simulation and on the golden model; and the kernel's
+    top-K is the host's top-K of its own full logits, ids and values."""
+    from accllm.sim.topk import top_k
+
+    tok = BuildDir(build).tokenizer()
+    with open_backend("csim", build) as csim, open_backend("golden", build) as golden:
+        assert csim.topk == 16 and golden.topk is None
+        for backend in (csim, golden):
+            for prompt in PROMPTS:
+                via_top = _greedy(backend, tok, prompt)
+                gen = Generation(backend, tok, prompt, SamplingParams(max_tokens=8, temperature=0), logprobs=0)
+                assert via_top == [e.token_id for e in gen], (backend.name, prompt)
+        ids = tok.encode(PROMPTS[1])
+        csim.reset()
+        top_ids, top_vals = csim.forward_top(ids, 16)
+        csim.reset()
+        ref_ids, ref_vals = top_k(csim.forward(ids), 16)
+        assert np.array_equal(top_ids, ref_ids) and np.array_equal(top_vals, ref_vals)
+        golden.reset()
+        assert np.array_equal(golden.forward_top(ids, 16)[0], top_ids)
+
+
 def _copy(build, tmp_path):
     d = tmp_path / "b"
     d.mkdir()

@@ -103,3 +103,50 @@ def test_bad_prompts_are_refused(tok):
         Generation(be, tok, "word " * 50, SamplingParams(), max_prompt_tokens=10)
     with pytest.raises(ValueError, match="string"):
         Generation(be, tok, 3.5, SamplingParams())
+
+
+
+class DistinctBackend(ChainBackend):
+    """Distinct logits (no ties at a top-k boundary), a deterministic function of the last token."""
+
+    def forward(self, ids):
+        self.calls.append(list(ids))
+        return np.random.default_rng(int(ids[-1])).normal(0, 2, self.vocab_size).astype(np.float32)
+
+
+class TopBackend(DistinctBackend):
+    """A backend with an on-chip top-K of ``topk`` (the device interface's forward_top), recording which it ran."""
+
+    def __init__(self, vocab, topk=4):
+        super().__init__(vocab, None)
+        self.topk, self.used = topk, []
+
+    def forward(self, ids):
+        self.used.append("forward")
+        return super().forward(ids)
+
+    def forward_top(self, ids, k):
+        from accllm.sim.topk import top_k
+
+        self.used.append("forward_top")
+        assert k <= self.topk
+        return top_k(DistinctBackend.forward(self, ids), k)
+
+
+@pytest.mark.parametrize("params, logprobs, top", [
+    (dict(temperature=0), None, True),                              # greedy: the top-1 decides
+    (dict(temperature=1.0, top_k=3, seed=1), None, True),           # a top-k cut within K
+    (dict(temperature=1.0, top_k=5, seed=1), None, False),          # beyond the device's K = 4
+    (dict(temperature=1.0, seed=1), None, False),                   # an uncut sample draws from every logit
+    (dict(temperature=0, logit_bias={7: 50.0}), None, False),       # a bias can lift any token
+    (dict(temperature=0, presence_penalty=1.0), None, False),
+    (dict(temperature=0), 2, False),                                # log-probabilities need the whole softmax
+])
+def test_generation_uses_forward_top_when_the_top_k_decides(tok, params, logprobs, top):
+    b = TopBackend(50)
+    gen = Generation(b, tok, [11, 12], SamplingParams(max_tokens=6, **params), logprobs=logprobs)
+    out = [e.token_id for e in gen]
+    assert set(b.used) == ({"forward_top"} if top else {"forward"}), b.used
+    assert len(b.used) == 6  # prefill + 5 decode steps, all through the one path
+    full = Generation(DistinctBackend(50, None), tok, [11, 12], SamplingParams(max_tokens=6, **params))
+    assert out == [e.token_id for e in full]  # the same tokens as from the full logits

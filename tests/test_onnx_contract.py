@@ -23,6 +23,8 @@ def _q(proj, which="input_quant"):
     return f"/layer/{parent}/{proj}/{which}/export_handler/Quant"
 
 
+HEAD_WQ = "/lm_head/weight_quant/export_handler/Quant"
+
 # (edit, graph file, edit function, what the error must name)
 REFUSED = [
     ("Sigmoid -> Abs", L1, E.set_op("/layer/mlp/act_fn/Sigmoid", "Abs"), "'/layer/mlp/act_fn/Sigmoid' (Abs)"),
@@ -32,6 +34,10 @@ REFUSED = [
     ("residual Add -> Sub", L1, E.set_op("/layer/Add", "Sub"), "'/layer/Add' (Sub)"),
     ("weight bit width 2 -> 3", L1, E.set_input_const(_q("q_proj", "weight_quant"), 3, 3.0),
      f"'{_q('q_proj', 'weight_quant')}' (Quant): 3-bit"),
+    ("LM head bit width 4 -> 3", "lm_head.onnx", E.set_input_const(HEAD_WQ, 3, 3.0), f"'{HEAD_WQ}' (Quant): 3-bit"),
+    ("LM head input bit width 8 -> 4", "lm_head.onnx",
+     E.set_input_const("/lm_head/input_quant/export_handler/Quant", 3, 4.0),
+     "'/lm_head/input_quant/export_handler/Quant' (Quant): int4"),
     ("activation bit width 8 -> 4", L1, E.set_input_const(_q("gate_proj"), 3, 4.0), f"'{_q('gate_proj')}' (Quant): int4"),
     ("K cache bit width 4 -> 8", L1, E.set_input_const("/layer/self_attn/sdpa/k_quant/act_quant/export_handler/Quant",
                                                        3, 8.0), "k_quant/act_quant/export_handler/Quant' (Quant): uint8"),
@@ -153,13 +159,25 @@ def _expect_beats_section(base, new):
     assert np.array_equal(_stream_scales(new, 4, "gate_proj"), _stream_scales(base, 4, "gate_proj"))
 
 
-def _expect_untied_head(base, new):
+def _head_scales(run):
+    from accllm.hls.blob import kernel_stream_format
+    from accllm.sim import weight_stream as ws
+    from accllm.sim.dims import Dims
+
+    d = Dims(**run[0]["dims"])
+    fmt = kernel_stream_format(d.group, run[0]["engine"]["lanes"], 4)
+    return ws.unpack(run[3]["lm_head.stream"], ws.MODE_DENSE, fmt, d.vocab, d.hidden)["scales"]
+
+
+def _expect_head_scales(base, new):
+    """The head is a W4 linear: its weight Quant's scale x2 changes its codes and scales (its stream only)."""
     from accllm.hls import program
 
-    assert set(new[3]) - set(base[3]) == {"lm_head"} and all(new[3][k] == base[3][k] for k in base[3])
-    assert np.array_equal(np.frombuffer(new[3]["lm_head"], np.float16), 2 * np.frombuffer(base[3]["embed"], np.float16))
+    assert new[2] == base[2]  # the same LMHEAD instruction: the section keeps its size and place
+    assert {k for k in base[3] if base[3][k] != new[3][k]} == {"lm_head.stream"}
+    assert np.array_equal(_head_scales(new), 2 * _head_scales(base))
     head = [i for i in new[1] if i.op == program.OP_LMHEAD]
-    assert len(head) == 1 and head[0].args[1] != [i for i in base[1] if i.op == program.OP_LMHEAD][0].args[1]
+    assert len(head) == 1 and program.split_mode(head[0].mode) == (0, 4)
 
 
 def _expect_window(base, new):
@@ -188,8 +206,8 @@ CHANGED = [
     ("one weight code +-1 (layer04 gate_proj)", lambda d: E.edit(d / "layer04.onnx", E.bump_code("gate_proj")),
      _expect_beats_section, 16),
     ("Λ window 124 -> 8 in every layer", lambda d: E.set_lambda(d, 4, 8), _expect_window, 12),
-    ("LM head weight x2 (untied from the embedding)", lambda d: E.edit(d / "lm_head.onnx", E.scale_input_const(
-        "/lm_head/MatMul", None, 2.0)), _expect_untied_head, 16),
+    ("LM head weight Quant scale x2", lambda d: E.edit(d / "lm_head.onnx", E.scale_input_const(HEAD_WQ, 1, 2.0)),
+     _expect_head_scales, 16),
     ("MLP block before attention (layer01)", lambda d: E.edit(d / L1, E.mlp_first), _expect_mlp_first, 16),
 ]
 FAST = {"MLP block before attention (layer01)"}

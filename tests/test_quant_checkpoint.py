@@ -5,7 +5,8 @@ import torch
 
 from accllm.quant import checkpoint as ck
 from accllm.quant.prune import check_2to4, decoder_linears
-from accllm.quant.quantize import CompressionSettings, compress
+from accllm.quant.quantize import CompressionSettings
+from accllm.quant.compress import compress
 from quant_fixtures import tiny_config, tiny_model, tokenizer
 
 SETTINGS = dict(calib_samples=4, calib_seqlen=32, group_size=16, sinks=2, window=14)
@@ -21,7 +22,10 @@ def compressed():
 def test_integer_view_is_brevitas_fake_quant_exactly(compressed):
     model, masks, s = compressed
     view = ck.integer_linear_weights(model, with_reference=True)
-    assert set(view) == set(decoder_linears(model))
+    assert set(view) == set(decoder_linears(model)) | {"lm_head"}
+    head = view.pop("lm_head")  # dense 4-bit codes (GPTQ'd too), exactly Brevitas' fake-quant
+    assert int(head["codes"].max()) <= 15 and int(head["codes"].max()) > 3 and bool(head["mask"].all())
+    assert int((head["fake_quant"] != head["dequantized"]).sum()) == 0
     for name, d in view.items():
         out_f, in_f = d["codes"].shape
         assert d["codes"].dtype == torch.uint8 and int(d["codes"].max()) <= 3  # 2-bit codes
@@ -167,12 +171,14 @@ def test_column_gptq_equals_brevitas_gptq():
 
 
 def test_weight_bytes_count_no_quantiser_parameters(compressed):
-    """"other" weights are the fp16 embedding (tied head) and norms only; scales and zero points are in the
-    linears' bytes."""
+    """"other" weights are the fp16 embedding and norms only; scales and zero points are in the linears' bytes, the
+    LM head's 4-bit codes (untied from the embedding) with its fp16 scales and 4-bit zero points."""
     from accllm.quant.pipeline import weight_bytes_per_token
 
     model, _, s = compressed
     wb = weight_bytes_per_token(model, s)
     cfg = model.config
     assert wb["other_fp16"] == 2 * (cfg.vocab_size * cfg.hidden_size + cfg.hidden_size * (2 * cfg.num_hidden_layers + 1))
-    assert wb["total"] == wb["decoder_linears"] + wb["other_fp16"]
+    v, h = cfg.vocab_size, cfg.hidden_size
+    assert s.head_bits == 4 and wb["lm_head"] == v * h / 2 + v * (h // s.group_size) * 2.5
+    assert wb["total"] == wb["decoder_linears"] + wb["lm_head"] + wb["other_fp16"]

@@ -1,7 +1,9 @@
 // accllm_engine_linear() backed by the Verilated multi-channel engine (hw/rtl/accllm_engine.sv): the kernel's
-// "run linear i on the engine" seam (hls/templates/accllm_kernel.h, ACCLLM_ENGINE_LINEAR) drives the engine's
-// ports one clock at a time, as a host or control kernel would:
-//   activations into s_axis_act, registers over AXI4-Lite (MODE, K, per channel BASE and ROWS, CTRL.start),
+// "run linear i on the engine" seam (hls/templates/accllm_kernel.h, ACCLLM_ENGINE_LINEAR; contract 6 of the
+// project: nt <= T activation vectors against one weight pass) drives the engine's ports one clock at a time, as a
+// host or control kernel would:
+//   nt activation vectors into s_axis_act, registers over AXI4-Lite (MODE = mode | wbits << 4, NT, K, per channel
+//   BASE and ROWS, CTRL.start),
 //   each channel's AXI4 read master served by a memory model holding that channel's region of the build's
 //   weights.engine (accllm.hls.engine_image), results collected from every channel's AXI4-Stream.
 // Memory model: a burst's first beat is ready LATENCY cycles after its address handshake, bursts overlap (as many
@@ -9,7 +11,8 @@
 // request is checked against the AXI4 rules the engine must keep (INCR, full-width beats, no 4 KiB crossing,
 // inside the channel's region); a violation, a wrong output count or tlast, WORDS_READ differing from the
 // sections' words, or a hung operation counts as a protocol error.
-// Parameters (compile-time, must match the Verilated model): ENG_CHANNELS, ENG_CORES, ENG_LANES, ENG_W.
+// Parameters (compile-time, must match the Verilated model): ENG_CHANNELS, ENG_CORES, ENG_LANES, ENG_W, ENG_GROUP,
+// ENG_T (vectors per weight pass).
 #include <cstdio>
 #include <cstring>
 #include <deque>
@@ -28,7 +31,7 @@ const uint64_t IDLE_LIMIT = 200000;
 
 struct Burst { uint64_t ready, addr; unsigned left; };
 struct Section { uint64_t offset; unsigned r0, r1; };
-struct Record { uint32_t linear, mode, rows, k; uint64_t cycles, words, harness_cycles; };
+struct Record { uint32_t linear, mode, rows, k; uint64_t cycles, words, harness_cycles; uint32_t nt, wbits; };
 
 VerilatedContext *g_ctx = nullptr;
 Vaccllm_engine *g_top = nullptr;
@@ -208,49 +211,62 @@ void init() {
     const uint32_t info = axil_read(0x010, 0);
     if ((info & 0xFF) != CH || ((info >> 8) & 0xFF) != CORES || ((info >> 16) & 0xFF) != LANES)
         error("INFO register disagrees with the harness parameters", 0);
+    if (axil_read(0x020, 0) != ENG_T) error("T register disagrees with the harness parameters", 0);
+}
+
+// Record bits of a DENSE/SPARSE record with wbits-bit codes (accllm.sim.weight_stream.StreamFormat.record_bits).
+unsigned record_bits(unsigned mode, unsigned wbits, unsigned group) {
+    return mode == 1 ? 16 + wbits + group * wbits / 2 + 3 * group / 4 : 16 + wbits + group * wbits;
 }
 
 }  // namespace
 
-extern "C" void accllm_engine_linear(unsigned linear, unsigned mode, const int8_t *a, unsigned k, unsigned n,
-                                     int32_t *acc, uint16_t *scale) {
+// Linear ``linear`` of the engine image on nt <= T activation vectors a[nt][k] in one weight pass: accumulators
+// acc[nt][n][k / GROUP] and the records' fp16 scales scale[n][k / GROUP]. mode 0 DENSE / 1 SPARSE, wbits 2 or 4.
+extern "C" void accllm_engine_linear(unsigned linear, unsigned mode, unsigned wbits, const int8_t *a, unsigned nt,
+                                     unsigned k, unsigned n, int32_t *acc, uint16_t *scale) {
     if (!g_top) init();
     const unsigned group = ENG_GROUP, groups = k / group;
-    std::memset(acc, 0, sizeof(int32_t) * (size_t)n * groups);
+    std::memset(acc, 0, sizeof(int32_t) * (size_t)nt * n * groups);
     std::memset(scale, 0, sizeof(uint16_t) * (size_t)n * groups);
     if (linear >= g_linears || k % group || k % LANES) { error("linear not in the engine image, or bad K", linear); return; }
+    if (nt < 1 || nt > ENG_T) { error("nt outside 1..T", linear); return; }
+    if (mode > 1 || (wbits != 2 && wbits != 4)) { error("a linear runs DENSE or SPARSE with 2- or 4-bit codes", linear); return; }
     const Section *sec = &g_sections[(size_t)linear * CH];
     if (sec[CH - 1].r1 != n) { error("the image's rows differ from the program's N", linear); return; }
     const uint64_t start = g_cycles;
-    // activations, LANES int8 values a beat, while the engine is idle
-    for (unsigned c = 0; c < k / LANES; c++) {
-        for (unsigned j = 0; j < LANES / 4; j++) {
-            uint32_t v = 0;
-            for (unsigned i = 0; i < 4; i++) v |= (uint32_t)(uint8_t)a[c * LANES + 4 * j + i] << (8 * i);
-            set_word(g_top->s_axis_act_tdata, j, v);
+    // activations, LANES int8 values a beat, vector after vector (tlast ends each), while the engine is idle
+    for (unsigned t = 0; t < nt; t++)
+        for (unsigned c = 0; c < k / LANES; c++) {
+            const int8_t *src = a + (size_t)t * k + c * LANES;
+            for (unsigned j = 0; j < LANES / 4; j++) {
+                uint32_t v = 0;
+                for (unsigned i = 0; i < 4; i++) v |= (uint32_t)(uint8_t)src[4 * j + i] << (8 * i);
+                set_word(g_top->s_axis_act_tdata, j, v);
+            }
+            g_top->s_axis_act_tlast = c == k / LANES - 1;
+            g_top->s_axis_act_tvalid = 1;
+            unsigned spins = 0;
+            for (;;) {
+                g_top->clk = 0;
+                g_top->eval();
+                const bool fire = g_top->s_axis_act_tready;
+                cycle(nullptr, nullptr, linear);
+                if (fire) break;
+                if (++spins > IDLE_LIMIT) { error("activation stream not accepted", linear); return; }
+            }
         }
-        g_top->s_axis_act_tlast = c == k / LANES - 1;
-        g_top->s_axis_act_tvalid = 1;
-        unsigned spins = 0;
-        for (;;) {
-            g_top->clk = 0;
-            g_top->eval();
-            const bool fire = g_top->s_axis_act_tready;
-            cycle(nullptr, nullptr, linear);
-            if (fire) break;
-            if (++spins > IDLE_LIMIT) { error("activation stream not accepted", linear); return; }
-        }
-    }
     g_top->s_axis_act_tvalid = 0;
     g_top->s_axis_act_tlast = 0;
-    axil_write(0x004, mode, linear);
+    axil_write(0x004, mode | wbits << 4, linear);
+    axil_write(0x01C, nt, linear);
     axil_write(0x008, k, linear);
     std::vector<unsigned> want(CH), words(CH);
-    const unsigned rec_bits = mode == 1 ? 16 + 2 + group + 3 * group / 4 : 16 + 2 + 2 * group;
+    const unsigned rec_bits = record_bits(mode, wbits, group);
     for (unsigned ch = 0; ch < CH; ch++) {
         const uint64_t base = MEM_BASE + sec[ch].offset;
         const unsigned rows = sec[ch].r1 - sec[ch].r0, tiles = (rows + CORES - 1) / CORES;
-        want[ch] = tiles * groups;
+        want[ch] = tiles * groups * nt;
         words[ch] = (unsigned)(((uint64_t)tiles * groups * CORES * rec_bits + W - 1) / W);
         axil_write(0x100 + 16 * ch, (uint32_t)base, linear);
         axil_write(0x104 + 16 * ch, (uint32_t)(base >> 32), linear);
@@ -284,15 +300,17 @@ extern "C" void accllm_engine_linear(unsigned linear, unsigned mode, const int8_
         if (out[ch].size() != want[ch]) error("wrong number of output beats", linear);
         for (size_t i = 0; i < lasts[ch].size(); i++)
             if (lasts[ch][i] != (i + 1 == want[ch])) error("tlast on the wrong beat", linear);
-        // beat (tile t, record g): core c -> row r0 + t*CORES + c
+        // beat i = (super-record i / nt, vector i % nt); super-record (tile t, record g): core c -> row r0 + t*CORES + c
         for (size_t i = 0; i < out[ch].size() && i < want[ch]; i++) {
-            const unsigned t = (unsigned)(i / groups), g = (unsigned)(i % groups);
+            const unsigned sr = (unsigned)(i / nt), v = (unsigned)(i % nt), t = sr / groups, g = sr % groups;
             for (unsigned c = 0; c < CORES; c++) {
                 const unsigned row = sec[ch].r0 + t * CORES + c;
                 if (row >= sec[ch].r1) continue;
                 const std::vector<uint32_t> &b = out[ch][i];
-                acc[(size_t)row * groups + g] = (int32_t)(b[2 * c] | (b[2 * c + 1] << 16));
-                scale[(size_t)row * groups + g] = (uint16_t)b[2 * CORES + c];
+                acc[((size_t)v * n + row) * groups + g] = (int32_t)(b[2 * c] | (b[2 * c + 1] << 16));
+                uint16_t &s = scale[(size_t)row * groups + g];
+                if (v == 0) s = (uint16_t)b[2 * CORES + c];
+                else if (s != (uint16_t)b[2 * CORES + c]) error("a record's scale differs between vectors", linear);
             }
         }
     }
@@ -301,7 +319,7 @@ extern "C" void accllm_engine_linear(unsigned linear, unsigned mode, const int8_
     g_calls++;
     g_engine_cycles += cycles;
     g_words += words_read;
-    if (g_log_on) g_log.push_back({linear, mode, n, k, cycles, words_read, g_cycles - start});
+    if (g_log_on) g_log.push_back({linear, mode, n, k, cycles, words_read, g_cycles - start, nt, wbits});
 }
 
 // ---------------------------------------------------------------- ctypes interface (accllm.hw.engine_native)
@@ -340,13 +358,13 @@ void accllm_engine_log(int on) {
 
 unsigned accllm_engine_log_size() { return (unsigned)g_log.size(); }
 
-// rows of (linear, mode, rows, k, cycles, words, harness_cycles)
+// rows of (linear, mode, rows, k, cycles, words, harness_cycles, nt, wbits)
 void accllm_engine_log_read(uint64_t *rows) {
     for (std::size_t i = 0; i < g_log.size(); i++) {
         const Record &r = g_log[i];
-        uint64_t *o = rows + 7 * i;
+        uint64_t *o = rows + 9 * i;
         o[0] = r.linear; o[1] = r.mode; o[2] = r.rows; o[3] = r.k; o[4] = r.cycles; o[5] = r.words;
-        o[6] = r.harness_cycles;
+        o[6] = r.harness_cycles; o[7] = r.nt; o[8] = r.wbits;
     }
 }
 }

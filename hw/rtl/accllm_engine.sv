@@ -5,17 +5,24 @@
 //
 // AXI4-Lite registers (32-bit, byte addresses):
 //   0x000 CTRL     W: bit0 = start.  R: bit0 busy, bit1 done (set when every channel finished, cleared by start)
-//   0x004 MODE     0 dense, 1 2:4 sparse, 2 QK, 3 PV
+//   0x004 MODE     the program's mode byte: [1:0] mode (0 dense, 1 2:4 sparse, 2 QK, 3 PV), [7:4] weight code
+//                  width of DENSE/SPARSE (2 or 4; 0 reads as 2; 4 needs a WBITS = 4 build)
 //   0x008 K        inputs per row (a multiple of GROUP in dense/sparse, of LANES in QK/PV)
 //   0x00C CYCLES   R: clock cycles from start to done
-//   0x010 INFO     R: [7:0] CHANNELS, [15:8] CORES, [23:16] LANES, [27:24] WBITS, [31:28] log2(W / 128)
+//   0x010 INFO     R: [7:0] CHANNELS, [15:8] CORES, [23:16] LANES, [27:24] WBITS (widest code decoded),
+//                  [31:28] log2(W / 128)
 //   0x014 GROUP    R
 //   0x018 K_MAX    R
+//   0x01C NT       activation vectors of the operation, 1..T (0 reads as 1; DENSE/SPARSE only, QK/PV run one)
+//   0x020 T        R: vectors the activation RAM holds (block mode)
 //   0x100 + 16*ch  BASE_LO, +4 BASE_HI (word-aligned byte address of the channel's section), +8 ROWS,
 //                  +12 WORDS_READ (R: words received by the last operation)
-// Activations: s_axis_act, LANES int8 values per beat from index 0, tlast on the last beat of the vector; load
-// them while the engine is idle. Results: per channel m_axis (tdata 48*CORES bits: CORES signed 32-bit
-// accumulators, then CORES fp16 scales; tlast on the channel's last beat), one beat per closed super-record.
+// Activations: s_axis_act, LANES int8 values per beat from index 0, tlast on the last beat of each vector; load
+// the NT vectors of an operation one after another while the engine is idle (vector 0 first; start rewinds to
+// vector 0; beats past T vectors are dropped). Results: per channel m_axis (tdata 48*CORES bits: CORES signed
+// 32-bit accumulators, then CORES fp16 scales; tlast on the channel's last beat), one beat per closed
+// accumulation: DENSE/SPARSE NT beats per super-record (vector 0 first), QK/PV one per row tile
+// (accllm.sim.weight_stream.output_beats).
 //
 // Ports are flat vectors (channel ch at [ch*WIDTH +: WIDTH]) so every tool reads them.
 module accllm_engine #(
@@ -23,12 +30,13 @@ module accllm_engine #(
     parameter int CORES = 4,
     parameter int LANES = 16,
     parameter int GROUP = 32,
-    parameter int WBITS = 2,
+    parameter int WBITS = 4,        // widest weight code decoded: 2 (W2 only) or 4 (W2 and W4, per operation)
     parameter int W = 256,          // channel width: 128, 256 or 512 bits
     parameter int ADDR_W = 64,
     parameter int BURST = 64,
     parameter int FIFO_DEPTH = 256,
     parameter int K_MAX = 4096,
+    parameter int T = 1,            // block mode: activation vectors held (one weight pass serves up to T)
     parameter int OUT_DEPTH = 8
 ) (
     input  logic                          clk,
@@ -82,6 +90,8 @@ module accllm_engine #(
 );
     // ---------------- registers ----------------
     logic [1:0] mode;
+    logic [3:0] wbits;
+    logic [7:0] nt;
     logic [31:0] k, cycles;
     logic [ADDR_W-1:0] base [CHANNELS];
     logic [31:0] rows [CHANNELS];
@@ -107,6 +117,8 @@ module accllm_engine #(
             w_have <= 1'b0;
             s_axil_bvalid <= 1'b0;
             mode <= 2'd0;
+            wbits <= 4'd2;
+            nt <= 8'd1;
             k <= '0;
             for (int ch = 0; ch < CHANNELS; ch++) begin
                 base[ch] <= '0;
@@ -126,8 +138,12 @@ module accllm_engine #(
                 w_have <= 1'b0;
                 s_axil_bvalid <= 1'b1;
                 case (aw_q)
-                    12'h004: mode <= w_q[1:0];
+                    12'h004: begin
+                        mode <= w_q[1:0];
+                        wbits <= w_q[7:4];
+                    end
                     12'h008: k <= w_q;
+                    12'h01C: nt <= w_q[7:0];
                     default: ;
                 endcase
                 for (int ch = 0; ch < CHANNELS; ch++) begin
@@ -146,12 +162,14 @@ module accllm_engine #(
         rd_value = 32'd0;
         case (s_axil_araddr)
             12'h000: rd_value = {30'd0, done, busy};
-            12'h004: rd_value = {30'd0, mode};
+            12'h004: rd_value = {24'd0, wbits, 2'd0, mode};
             12'h008: rd_value = k;
             12'h00C: rd_value = cycles;
             12'h010: rd_value = {4'($clog2(W / 128)), 4'(WBITS), 8'(LANES), 8'(CORES), 8'(CHANNELS)};
             12'h014: rd_value = 32'(GROUP);
             12'h018: rd_value = 32'(K_MAX);
+            12'h01C: rd_value = {24'd0, nt};
+            12'h020: rd_value = 32'(T);
             default: ;
         endcase
         for (int ch = 0; ch < CHANNELS; ch++) begin
@@ -192,25 +210,39 @@ module accllm_engine #(
     end
 
     // ---------------- activations: broadcast into every channel's RAM ----------------
-    logic [31:0] act_ptr;
-    logic act_we;
+    // Chunk c of vector v goes to bank entry v * ACT_BANK + c / 2 of the even (c even) or odd bank.
+    localparam int ACT_BANK = (K_MAX / LANES + 1) / 2;
+    logic [31:0] act_ptr, act_vbase;
+    logic [7:0] act_vec;
+    logic act_in, act_we;
     assign s_axis_act_tready = !busy;
-    assign act_we = s_axis_act_tvalid && s_axis_act_tready;
+    assign act_in = s_axis_act_tvalid && s_axis_act_tready;
+    assign act_we = act_in && act_vec < 8'(T);
     always_ff @(posedge clk) begin
-        if (!rst_n) act_ptr <= '0;
-        else if (act_we) act_ptr <= s_axis_act_tlast ? '0 : act_ptr + 1;
+        if (!rst_n || start) begin
+            act_ptr <= '0;
+            act_vec <= '0;
+            act_vbase <= '0;
+        end else if (act_in) begin
+            act_ptr <= s_axis_act_tlast ? '0 : act_ptr + 1;
+            if (s_axis_act_tlast && act_vec < 8'(T)) begin
+                act_vec <= act_vec + 1'b1;
+                act_vbase <= act_vbase + 32'(ACT_BANK);
+            end
+        end
     end
 
     // ---------------- channels ----------------
     for (genvar ch = 0; ch < CHANNELS; ch++) begin : g_ch
         accllm_engine_channel #(
             .W(W), .ADDR_W(ADDR_W), .BURST(BURST), .FIFO_DEPTH(FIFO_DEPTH), .CORES(CORES), .LANES(LANES),
-            .GROUP(GROUP), .WBITS(WBITS), .K_MAX(K_MAX), .OUT_DEPTH(OUT_DEPTH)
+            .GROUP(GROUP), .WBITS(WBITS), .K_MAX(K_MAX), .T(T), .OUT_DEPTH(OUT_DEPTH)
         ) u_ch (
             .clk(clk), .rst_n(rst_n),
-            .start(start), .mode(mode), .k(k), .rows(rows[ch]), .base(base[ch]),
+            .start(start), .mode(mode), .wb4(wbits == 4'd4), .nt(nt), .k(k), .rows(rows[ch]), .base(base[ch]),
             .done(ch_done[ch]), .words_read(words_read[ch]),
-            .act_we(act_we), .act_chunk(act_ptr), .act_data(s_axis_act_tdata),
+            .act_we(act_we), .act_addr(act_vbase + (act_ptr >> 1)), .act_odd_w(act_ptr[0]),
+            .act_data(s_axis_act_tdata),
             .m_valid(m_axis_tvalid[ch]), .m_ready(m_axis_tready[ch]),
             .m_data(m_axis_tdata[ch*48*CORES +: 48*CORES]), .m_last(m_axis_tlast[ch]),
             .araddr(m_axi_araddr[ch*ADDR_W +: ADDR_W]), .arlen(m_axi_arlen[ch*8 +: 8]),
