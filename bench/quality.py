@@ -29,7 +29,8 @@ from accllm.quant.corpus import load_documents, token_stream
 from accllm.quant.evaluate import perplexity
 from accllm.quant.model import load_model, trained_context
 from accllm.quant.pipeline import kv_cache_bytes, weight_bytes_per_token
-from accllm.quant.quantize import CompressionSettings, compress
+from accllm.quant.quantize import CompressionSettings
+from accllm.quant.compress import compress
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_QAT = Path(__file__).resolve().parents[1] / "quant" / "bundled" / "tiny-llama-w2a8kv4"

@@ -19,10 +19,27 @@ Q4_1 (Q8_0 embedding) values dequantised to float32: they were 4-bit before we s
 Stages (each writes ``quality_<model>.<stage>.json`` into ``--out``; ``report`` merges them):
   ptq      FP; each component alone (Λ, 2:4 Wanda / SparseGPT, W2 RTN / GPTQ, W4 GPTQ, A8, KV4); then together,
            post-training: 2:4 + W2A8KV4 + Λ (AccLLM) and the fallback 2:4 + W4A8KV4 + Λ, saved under ``--work``
-  distill  the saved together-checkpoints fine-tuned by distillation from the float model (KL on logits;
-           half of each batch teacher generations, half "train" text), ``--distill-seconds`` each
+  speed    distillation steps/s and tokens/s: Brevitas in the loop (float32, batch 16, the earlier method)
+           against the twin of ``accllm.quant.qat`` (bf16) at batch 16 and ``--batch``; kernel launches per step
+  distill  the saved together-checkpoints (``--init ptq``) or the distilled ones (``--init distilled``, to go on)
+           fine-tuned by distillation from the float model (KL on logits; half of each batch teacher generations,
+           half "train" text), ``--distill-seconds`` each; saved to ``--work``/distilled_<key> (``--pack DIR``: the
+           transport pack of ``bench/quality_artifact.py`` too), then scored; ``--monitor-every`` logs a
+           perplexity curve of the twin (bf16) on the test texts, for the report only, never to choose anything
+  evalckpt score ``--work``/distilled_<key> (e.g. rebuilt here from a pack) as ``distill`` does
   long     Λ against full attention at 1x, 2x, 4x the Λ slots (window + sinks) and over the whole English
            test stream, past the trained context when the stream is longer
+
+The W4 checkpoint of the committed table (device: one H200, commands as run there; the GGUF carried in three
+pieces, brevitas/gguf as wheels)::
+
+    Q="python bench/quality.py --model SmolLM2-135M-Instruct.Q4_1.gguf --name smollm2 --device cuda --work W"
+    $Q --stages ptq --components none --together w4 --out R1
+    $Q --stages distill --distill w4 --lr 1e-4 --distill-seconds 370 --monitor-every 150 --out R2
+    $Q --stages distill --distill w4 --init distilled --lr 5e-5 --distill-seconds 290 --monitor-every 150 \
+       --pack OUT --out R3
+    python bench/quality_artifact.py unpack OUT/smollm2_w4 runs/smollm2_w4_distilled   # here
+    python bench/quality.py --model smollm2 --device cpu --stages evalckpt --distill w4 --work runs/qwork --out R4
 """
 from __future__ import annotations
 
@@ -43,7 +60,8 @@ from accllm.quant.corpus import ENGLISH_DIR, ENGLISH_SPLITS, english_documents, 
 from accllm.quant.evaluate import perplexity
 from accllm.quant.model import load_model
 from accllm.quant.pipeline import kv_bytes_per_token, weight_bytes_per_token
-from accllm.quant.quantize import CompressionSettings, compress, round_dense_to_fp16, train_stream
+from accllm.quant.quantize import CompressionSettings, round_dense_to_fp16, train_stream
+from accllm.quant.compress import compress
 
 RESULTS = Path(__file__).parent / "results"
 BASE = dict(group_size=32, prune_method="sparsegpt", calib_text="python+english", calib_samples=128, calib_seqlen=256,
@@ -103,10 +121,11 @@ def stage_ptq(a, fp, tok, txt, dev):
         print(rows[-1]["config"], {k: rows[-1][k] for k in txt}, f"{rows[-1]['seconds']:.0f} s", flush=True)
         checkpoint_rows(a, "ptq", rows)
         del model
-    if pruned is None:
+    together = {k: v for k, v in TOGETHER.items() if k in a.together}
+    if pruned is None and together:
         model, masks = compress(copy.deepcopy(fp), tok, settings(dict(sparsity="2:4")), device=dev, progress=False)
         pruned = (model.cpu(), masks)
-    for key, (name, over) in TOGETHER.items():
+    for key, (name, over) in together.items():
         t0 = time.time()
         s = settings(over)
         model, masks = compress(copy.deepcopy(pruned[0]), tok, s, device=dev, progress=False, masks=pruned[1])
@@ -135,49 +154,154 @@ def _lambda_contexts(model, ids, policy, factors=(1, 2, 4)):
     return out
 
 
-def stage_distill(a, fp, tok, txt, dev):
-    from accllm.quant.checkpoint import load_compressed
+def _masks(model):
     from accllm.quant.prune import decoder_linears
-    from accllm.quant.qat import distill, teacher_generations
+
+    return {n: m.sparse_mask.cpu() for n, m in decoder_linears(model).items() if hasattr(m, "sparse_mask")}
+
+
+def _generations(a, teacher, tok):
+    """The teacher's own samples from BOS (data-free distillation text), made once per work folder."""
+    from accllm.quant.qat import teacher_generations
+
+    path = a.work / f"generations_{a.generated}x{a.seqlen}.pt"
+    if path.is_file():
+        return torch.load(path)
+    t0 = time.time()
+    gen = teacher_generations(teacher, tok, a.generated, a.seqlen, seed=0, progress=False, batch=a.gen_batch)
+    torch.save(gen, path)
+    print(f"{len(gen)} teacher generations of {a.seqlen} tokens in {time.time() - t0:.0f} s; sample: "
+          f"{tok.decode(gen[0, :60])!r}", flush=True)
+    return gen
+
+
+def _distill_settings(s, a, steps, seconds, batch):
+    s.qat_steps, s.qat_seconds, s.qat_lr, s.qat_batch, s.qat_generated, s.calib_seqlen = (
+        steps, seconds, a.lr, batch, a.generated, a.seqlen)
+    return s
+
+
+def stage_speed(a, fp, tok, txt, dev):
+    """Distillation steps/s: Brevitas in the loop (float32, batch 16: the earlier method) against the twin (bf16)
+    at batch 16 and at ``--batch``; kernel launches per step from the profiler for both."""
+    from accllm.quant.checkpoint import load_compressed
+    from accllm.quant.qat import distill
 
     teacher = fp.to(dev).eval()
-    gen_path = a.work / "generations.pt"
-    if gen_path.is_file():
-        gen = torch.load(gen_path)
-    else:
-        t0 = time.time()
-        gen = teacher_generations(teacher, tok, a.generated, BASE["calib_seqlen"], seed=0)
-        torch.save(gen, gen_path)
-        print(f"{len(gen)} teacher generations in {time.time() - t0:.0f} s; sample: "
-              f"{tok.decode(gen[0, :60])!r}", flush=True)
+    gen = _generations(a, teacher, tok)
+    stream = train_stream(tok, BASE["calib_text"])
+    src = a.work / f"ptq_{a.distill[0]}"
+    out = {"checkpoint": src.name, "runs": {}, "launches_per_step": {}}
+
+    def run(twin, batch, steps, profile=False):
+        student, _, s = load_compressed(src, device=dev)
+        _distill_settings(s, a, steps, 0, batch)
+        if not profile:
+            distill(student, teacher, stream, s, _masks(student), dev, progress=False, generated=gen, twin=twin)
+            return student.accllm_distill_stats
+        acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if dev.type == "cuda"
+                                                        else [])
+        with torch.profiler.profile(activities=acts) as prof:
+            distill(student, teacher, stream, s, _masks(student), dev, progress=False, generated=gen, twin=twin)
+        ka = prof.key_averages()
+        launches = sum(e.count for e in ka if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
+        aten = sum(e.count for e in ka if e.key.startswith("aten::"))
+        return {"kernel_launches": launches / steps, "aten_calls": aten / steps}, ka.table(
+            sort_by="self_cpu_time_total", row_limit=14)
+
+    for label, twin, batch, steps in (("brevitas fp32, batch 16 (before)", False, 16, a.speed_steps_old),
+                                      ("twin bf16, batch 16", True, 16, a.speed_steps),
+                                      (f"twin bf16, batch {a.batch}", True, a.batch, a.speed_steps)):
+        out["runs"][label] = run(twin, batch, steps)
+        print(label, out["runs"][label], flush=True)
+    for label, twin in (("brevitas", False), ("twin", True)):
+        n, table = run(twin, 16, 2, profile=True)
+        out["launches_per_step"][label] = n
+        out[f"profile_{label}"] = table
+        print(f"{label}: per step (batch 16) {n}\n{table}", flush=True)
+    return out
+
+
+def stage_distill(a, fp, tok, txt, dev):
+    from accllm.quant.checkpoint import load_compressed, save_compressed
+    from accllm.quant.qat import distill
+    from accllm.quant.quantize import round_scales_to_fp16
+
+    teacher = fp.to(dev).eval()
+    gen = _generations(a, teacher, tok)
     rows = []
     for key in a.distill:
         name, over = TOGETHER[key]
-        student, _, s = load_compressed(a.work / f"ptq_{key}", device=dev)
-        masks = {n: m.sparse_mask.cpu() for n, m in decoder_linears(student).items() if hasattr(m, "sparse_mask")}
+        src = a.work / (f"distilled_{key}" if a.init == "distilled" else f"ptq_{key}")
+        prior = json.loads((src / "report.json").read_text()) if (src / "report.json").is_file() else {}
+        student, _, s = load_compressed(src, device=dev)
+        masks = _masks(student)
         before = evaluate(student, txt, a.context) if a.eval_before else None
-        s.qat_steps, s.qat_seconds, s.qat_lr, s.qat_batch, s.qat_generated = (
-            100000, a.distill_seconds, a.lr, a.batch, a.generated)
+        _distill_settings(s, a, 1_000_000, a.distill_seconds, a.batch)
+        trend, done = list(prior.get("trend", [])), prior.get("steps_total", 0)
+
+        def monitor(step, model):  # the twin in bf16 on the test texts: a curve to report, never used to choose
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                r = evaluate(model, txt, a.context)
+            trend.append({"step": done + step, "call_seconds": time.time() - t0, **r})
+            print(f"  {key} step {done + step}: twin bf16 english {r['english']:.2f} python {r['python']:.2f}",
+                  flush=True)
+
         t0 = time.time()
         losses = distill(student, teacher, train_stream(tok, s.calib_text), s, masks, dev, progress=False,
-                         generated=gen)
+                         generated=gen, twin=not a.no_twin, monitor=monitor, monitor_every=a.monitor_every,
+                         train_scales=not a.freeze_scales)
         round_dense_to_fp16(student)
+        round_scales_to_fp16(student, s.weight_bits)
+        stats = student.accllm_distill_stats
+        out = a.work / f"distilled_{key}"  # saved (and packed) before the evaluation, which a time limit may cut
+        save_compressed(student.cpu(), tok, s, masks, out, report={
+            "steps_total": done + len(losses), "trend": trend, "distill_stats": stats,
+            "distill_seconds_total": prior.get("distill_seconds_total", 0) + stats["seconds"]})
+        if a.pack:
+            from quality_artifact import pack
+
+            pack(out, a.pack / f"{a.name}_{key}", a.name)
+        student.to(dev)
         row = {"config": name + " + distillation", "key": key, **evaluate(student, txt, a.context),
                "before_distillation": before, "settings": s.to_json(), "steps": len(losses),
-               "distill_seconds": time.time() - t0, "kl_first": losses[0],
-               "kl_last_50": sum(losses[-50:]) / len(losses[-50:]),
+               "steps_total": done + len(losses), "tokens_total": (done + len(losses)) * a.batch * a.seqlen,
+               "distill_seconds": stats["seconds"], "distill_stats": stats, "lr": a.lr,
+               "scales_trained": not a.freeze_scales,
+               "distill_seconds_total": prior.get("distill_seconds_total", 0) + stats["seconds"],
+               "kl_first": losses[0], "kl_last_50": sum(losses[-50:]) / len(losses[-50:]), "trend": trend,
                "weight_bytes_per_token": weight_bytes_per_token(student, s)["total"],
                "kv_bytes_per_token": kv_bytes_per_token(student.config, s.kv_bits),
                "lambda_contexts_english": _lambda_contexts(student, txt["english"], s.policy())
                if a.lambda_contexts else None}
         rows.append(row)
-        print({k: v for k, v in row.items() if k != "settings"}, flush=True)
+        print({k: v for k, v in row.items() if k not in ("settings", "trend")}, flush=True)
         checkpoint_rows(a, "distill", rows)
-        if a.save_checkpoints:
-            from accllm.quant.checkpoint import save_compressed
-
-            save_compressed(student.cpu(), tok, s, masks, a.work / f"distilled_{key}")
         del student
+    return {"rows": rows}
+
+
+@torch.no_grad()
+def stage_evalckpt(a, fp, tok, txt, dev):
+    """Score the distilled checkpoints in ``--work`` (e.g. one carried back from the device and rebuilt with
+    ``bench/quality_artifact.py unpack``) through Brevitas, as the distill stage does after training."""
+    from accllm.quant.checkpoint import load_compressed
+
+    rows = []
+    for key in a.distill:
+        src = a.work / f"distilled_{key}"
+        rep = json.loads((src / "report.json").read_text())
+        student, _, s = load_compressed(src, device=dev)
+        rows.append({"config": TOGETHER[key][0] + " + distillation", "key": key, **evaluate(student, txt, a.context),
+                     "settings": s.to_json(), "steps_total": rep["steps_total"],
+                     "tokens_total": rep["steps_total"] * s.qat_batch * s.calib_seqlen,
+                     "distill_seconds_total": rep["distill_seconds_total"], "trend": rep["trend"],
+                     "evaluated_on": str(dev), "weight_bytes_per_token": weight_bytes_per_token(student, s)["total"],
+                     "kv_bytes_per_token": kv_bytes_per_token(student.config, s.kv_bits),
+                     "lambda_contexts_english": _lambda_contexts(student, txt["english"], s.policy())
+                     if a.lambda_contexts else None})
+        print({k: v for k, v in rows[-1].items() if k not in ("settings", "trend")}, flush=True)
+        checkpoint_rows(a, "distill", rows)
     return {"rows": rows}
 
 
@@ -214,9 +338,11 @@ def _load_run(run: Path, name: str) -> dict:
         return None
 
     ptq, distill = first("ptq", "ptq.partial"), first("distill", "distill.partial")
+    speed = first("speed")
     ptq_rows = ptq["rows"] if isinstance(ptq, dict) else (ptq or [])
     distill_rows = distill["rows"] if isinstance(distill, dict) else (distill or [])
-    return {"rows": ptq_rows + distill_rows, "long": first("long"), "meta": ptq.get("meta") if isinstance(ptq, dict)
+    return {"rows": ptq_rows + distill_rows, "long": first("long"), "speed": speed,
+            "meta": ptq.get("meta") if isinstance(ptq, dict)
             else None, "texts": ptq.get("texts") if isinstance(ptq, dict) else None}
 
 
@@ -246,11 +372,38 @@ def _correct_weight_bytes(model, rows):
             r["weight_bytes_per_token"] = fixed[r["weight_bytes_per_token"]]
 
 
+def engine_bytes_per_token(model) -> dict:
+    """Bytes the engine reads per decoded token, from the weight-stream layout (``accllm.sim.weight_stream``):
+    2:4 decoder linears with 2- or 4-bit codes (group 32, fp16 scales, 3-bit patterns) plus the DENSE W4 LM head,
+    the embedding row (fp16) and the KV4 bytes each token writes."""
+    from transformers import AutoConfig
+
+    from accllm.quant.model import resolve_model
+    from accllm.sim import weight_stream as ws
+    from accllm.sim.boards import ModelShape
+
+    src = resolve_model(model)
+    cfg = AutoConfig.from_pretrained(src.folder, **src.hf_kwargs())
+    shape = ModelShape.from_config(cfg.to_dict(), str(model))
+    out = {}
+    for wb in (2, 4):
+        fmt = ws.StreamFormat(wbits=wb, group=BASE["group_size"], lanes=16)
+        dec = ws.layout(shape, fmt, 1, sparse=True)
+        full = ws.layout(shape, fmt, 1, sparse=True, lm_head=True)
+        out[f"2:4 W{wb}A8KV4"] = {"decoder_linears": dec.nbytes(), "lm_head_w4": full.nbytes() - dec.nbytes(),
+                                  "embedding_row_fp16": 2 * shape.hidden, "kv4_written": kv_bytes_per_token(cfg, 4),
+                                  "bits_per_decoder_weight": dec.bits_per_weight()}
+        row = out[f"2:4 W{wb}A8KV4"]
+        row["total"] = sum(v for k, v in row.items() if k != "bits_per_decoder_weight")
+    out["w4_over_w2"] = out["2:4 W4A8KV4"]["total"] / out["2:4 W2A8KV4"]["total"]
+    return out
+
+
 def report(a):
     """Merge the stage files of one or more runs (``--runs``, in order; each run's rows are compared with that
     run's own FP row, since runs may score different numbers of Python tokens)."""
     runs = [Path(r) for r in (a.runs.split(",") if a.runs else [str(a.out)])]
-    rows, long_ctx, texts = [], None, None
+    rows, long_ctx, texts, speed = [], None, None, None
     for i, run in enumerate(runs):
         d = _load_run(run, a.name)
         fp = next((r for r in d["rows"] if r["config"].startswith("FP")), None)
@@ -258,14 +411,16 @@ def report(a):
             if r is fp and any(x["config"] == r["config"] and (x["english"], x["python"]) == (r["english"], r["python"])
                                 for x in rows):
                 continue
-            if fp is None:  # a distill-only run: compare with the FP of the run whose checkpoints it distilled
-                fp = next(x for x in rows if x["config"].startswith("FP"))
+            if fp is None:  # a distill-only run: compare with the FP of the run before it (same machine)
+                fp = next(x for x in reversed(rows) if x["config"].startswith("FP"))
             rows.append({**r, "run": i, "ratio_to_fp": {k: r[k] / fp[k] for k in ("english", "python")}})
         long_ctx = d["long"] or long_ctx
+        speed = d["speed"] or speed
         texts = d["texts"] or texts
     _correct_weight_bytes(a.model, rows)
     result = {"model": a.name, "texts": texts, "context": a.context, "rows": rows, "long_context": long_ctx,
-              "runs": [str(r) for r in runs],
+              "runs": [str(r) for r in runs], "distillation_speed": speed,
+              "engine_bytes_per_token": engine_bytes_per_token(a.model),
               "fp_note": "FP = the GGUF's Q4_1 weights (Q8_0 embedding) dequantised to float32" if
               a.name.lower().startswith("smollm2") else None}
     jpath = a.out / f"quality_{a.name}.json"
@@ -284,7 +439,7 @@ def plot(result, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(15, 5.5))
+    fig, axes = plt.subplots(1, 3, figsize=(21, 5.5))
     rows = result["rows"]
     ax = axes[0]
     y = range(len(rows))
@@ -293,6 +448,7 @@ def plot(result, path):
     for x, c in ((1.5, "tab:green"), (3.0, "tab:red")):
         ax.axvline(x, color=c, ls="--", lw=1, label=f"{x}x target")
     ax.set_xscale("log")
+    ax.set_xlim(0.8, 1e5)  # a diverged run would squash the rest (its numbers are in the JSON)
     ax.set_yticks(list(y), [f"{r['config']} [run {r.get('run', 0)}]" for r in rows], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("perplexity / FP perplexity (FP = Q4_1 GGUF dequantised)")
@@ -309,6 +465,21 @@ def plot(result, path):
         ax.set_ylabel(f"perplexity (buckets of {b})")
         ax.set_title("float model: full attention vs Λ")
         ax.legend(fontsize=8)
+    ax = axes[2]
+    fp = next(r for r in reversed(rows) if r["config"].startswith("FP"))
+    for r in rows:
+        if r.get("trend"):
+            steps = [t["step"] for t in r["trend"]]
+            ax.plot(steps, [t["english"] / fp["english"] for t in r["trend"]], marker=".",
+                    label=f"{r['key']} lr {str(r.get('lr', r['settings']['qat_lr']))[:16]} run {r['run']} (English)")
+    for x, c in ((1.5, "tab:green"), (3.0, "tab:red")):
+        ax.axhline(x, color=c, ls="--", lw=1)
+    ax.set_yscale("log")
+    ax.set_ylim(1, 1e3)
+    ax.set_xlabel("distillation steps (64 x 256 tokens)")
+    ax.set_ylabel("perplexity / FP (twin, bf16, monitoring only)")
+    ax.set_title("distillation curves")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -325,11 +496,21 @@ def main(argv=None):
     ap.add_argument("--calib-samples", type=int, default=BASE["calib_samples"])
     ap.add_argument("--components", default="all", help="'all' or a comma list of component rows to run")
     ap.add_argument("--distill", default="w4,w2", help="which together-configurations to distil")
+    ap.add_argument("--together", default="w2,w4", help="ptq: which together-configurations to make")
     ap.add_argument("--distill-seconds", type=float, default=120)
-    ap.add_argument("--generated", type=int, default=1024, help="teacher generations for distillation")
+    ap.add_argument("--generated", type=int, default=4096, help="teacher generations for distillation")
+    ap.add_argument("--gen-batch", type=int, default=1024, help="sequences sampled at once")
+    ap.add_argument("--seqlen", type=int, default=256, help="distillation sequence length")
     ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--save-checkpoints", action="store_true")
+    ap.add_argument("--batch", type=int, default=64, help="distillation sequences per step")
+    ap.add_argument("--no-twin", action="store_true", help="distil through Brevitas itself (slow reference)")
+    ap.add_argument("--freeze-scales", action="store_true", help="distill: keep the weight group scales fixed")
+    ap.add_argument("--init", choices=("ptq", "distilled"), default="ptq",
+                    help="distill: start from the post-training checkpoint or continue the distilled one")
+    ap.add_argument("--monitor-every", type=int, default=0, help="distill: twin perplexity curve every N steps")
+    ap.add_argument("--speed-steps", type=int, default=20)
+    ap.add_argument("--speed-steps-old", type=int, default=6)
+    ap.add_argument("--pack", type=Path, default=None, help="distill: write the transport pack here")
     ap.add_argument("--eval-before", action="store_true", help="distill: measure the loaded checkpoint first")
     ap.add_argument("--lambda-contexts", action="store_true", help="distilled models: Λ vs full at 1x/2x/4x too")
     ap.add_argument("--work", type=Path, default=Path("runs/quality_work"))
@@ -339,6 +520,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     a.name = a.name or (a.model if "/" not in a.model and "." not in a.model else Path(a.model).stem.split(".")[0])
     a.distill = [k for k in a.distill.split(",") if k]
+    a.together = [k for k in a.together.split(",") if k]
     BASE["calib_samples"] = a.calib_samples
     stages = a.stages.split(",")
     a.out.mkdir(parents=True, exist_ok=True)
@@ -352,7 +534,8 @@ def main(argv=None):
         torch.backends.cuda.matmul.allow_tf32 = True
     fp, tok = load_model(a.model)
     txt = texts(tok, a.english_dir, a.python_tokens, a.english_tokens)
-    fns = {"ptq": stage_ptq, "distill": stage_distill, "long": stage_long}
+    fns = {"ptq": stage_ptq, "speed": stage_speed, "distill": stage_distill, "evalckpt": stage_evalckpt,
+           "long": stage_long}
     for stage in stages:
         t0 = time.time()
         res = fns[stage](a, fp, tok, txt, dev)
@@ -362,7 +545,7 @@ def main(argv=None):
             "english_test": list(ENGLISH_SPLITS["test"]), "english_train": list(ENGLISH_SPLITS["train"]),
             "english_sha256_16": english_fingerprint(a.english_dir), "english_test_tokens": len(txt["english"]),
             "python_test_tokens": len(txt["python"])})
-        path = a.out / f"quality_{a.name}.{stage}.json"
+        path = a.out / f"quality_{a.name}.{'distill' if stage == 'evalckpt' else stage}.json"
         path.write_text(json.dumps(res, indent=1, ensure_ascii=False))
         print(f"wrote {path} ({time.time() - t0:.0f} s)", flush=True)
 

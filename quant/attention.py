@@ -152,9 +152,10 @@ class KVQuantSDPA(nn.Module):
     def forward(self, q, q_sink, k, v, visible, sink_keys, scaling):
         groups = q.shape[1] // k.shape[1]
         k, v, s_v = self.quant_kv(k, v)
-        if groups > 1:
-            k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
-            s_v = s_v.repeat_interleave(groups, 1) if s_v is not None else None
+        # also when groups == 1 (multi-head attention, e.g. Llama-2-7B): an identity, exported as the same Tile the
+        # engine's attention pattern reads with one query head per KV head
+        k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+        s_v = s_v.repeat_interleave(groups, 1) if s_v is not None else None
         qq, _ = _fake_quant(self.q_quant, q)
         scores = qq @ k.transpose(-2, -1)
         if q_sink is not None and bool(sink_keys.any()):
@@ -167,7 +168,10 @@ class KVQuantSDPA(nn.Module):
         # Engine PV mode: fold V's per-token scale into p, quantise, multiply by (v_int - v_zp).
         p_folded = p * s_v.transpose(-2, -1)
         p_folded, _ = _fake_quant(self.p_quant, p_folded)
-        return p_folded @ torch.round(v / s_v)
+        v_int = v / s_v  # integer-valued; rounded straight through, so V's projection is trained by distillation
+        if not torch.is_grad_enabled():  # the same values; exported (no grad) as the Round the engine pattern reads
+            return p_folded @ torch.round(v_int)
+        return p_folded @ (v_int + (torch.round(v_int) - v_int).detach())
 
 
 class AccAttention(nn.Module):

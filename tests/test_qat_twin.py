@@ -1,0 +1,88 @@
+"""The distillation twin: its forward is the Brevitas model's (2:4 + W2A8KV4 + Λ, and W4), its trained weights
+and scales go back into Brevitas exactly, and a few distillation steps lower the KL to the teacher."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from accllm.quant import qat
+from accllm.quant.checkpoint import integer_linear_weights
+from accllm.quant.quantize import CompressionSettings, calibration_batches, train_stream
+from accllm.quant.compress import compress
+from quant_fixtures import tiny_model, tokenizer
+
+SETTINGS = dict(calib_samples=4, calib_seqlen=32, group_size=16, sinks=2, window=14, weight_method="rtn",
+                prune_method="wanda")
+
+
+def _compressed(bits):
+    s = CompressionSettings(weight_bits=bits, **SETTINGS)
+    model, masks = compress(tiny_model(), tokenizer(), s, device="cpu", progress=False)
+    return model, masks, s
+
+
+def _batch():
+    return calibration_batches(tokenizer(), 2, 48, seed=3)[0]  # longer than sinks + window: Λ and sink rotation
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_twin_forward_is_brevitas_forward(bits):
+    model, _, s = _compressed(bits)
+    x = _batch()
+    with torch.no_grad():
+        ref = model(input_ids=x).logits
+        swapped = qat.make_twin(model, s.kv_bits)
+        assert len(swapped["linears"]) >= 14 and all(isinstance(t, qat.TwinLinear) for _, t in
+                                                     swapped["linears"].values())
+        twin = model(input_ids=x).logits
+        qat.write_back(model, swapped)
+        back = model(input_ids=x).logits
+    assert (twin - ref).abs().max() <= 1e-4 * ref.abs().max()
+    assert torch.equal(back, ref)
+
+
+def test_trained_twin_writes_back_to_the_same_function_and_keeps_masks():
+    model, masks, s = _compressed(2)
+    x = _batch()
+    zeros_before = {k: v["zero_points"] for k, v in integer_linear_weights(model).items()}
+    swapped = qat.make_twin(model, s.kv_bits)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, t in swapped["linears"].values():  # a "trained" twin: moved weights and scales
+            t.weight.add_(0.02 * torch.randn(t.weight.shape, generator=g))
+            t.scale.mul_(1 + 0.1 * torch.rand(t.scale.shape, generator=g))
+        twin = model(input_ids=x).logits
+        qat.write_back(model, swapped)
+        back = model(input_ids=x).logits
+    assert (back - twin).abs().max() <= 1e-3 * twin.abs().max()
+    ints = integer_linear_weights(model)
+    for name, d in ints.items():
+        assert torch.equal(d["zero_points"], zeros_before[name])
+    for name, mask in masks.items():
+        d = ints[name]
+        assert torch.equal(d["mask"], mask) and not mask.all()
+        assert torch.equal(d["codes"][~mask], d["zero_points"].repeat_interleave(16, 1)[~mask])
+
+
+def test_distillation_lowers_the_kl_to_the_teacher():
+    model, masks, s = _compressed(2)
+    teacher = tiny_model()
+    x = _batch()
+
+    def kl():
+        with torch.no_grad():
+            t = F.log_softmax(teacher(input_ids=x).logits, -1)
+            st = F.log_softmax(model(input_ids=x).logits, -1)
+        return float(F.kl_div(st.flatten(0, 1), t.flatten(0, 1), log_target=True, reduction="batchmean"))
+
+    before = kl()
+    s = copy.copy(s)
+    s.qat_steps, s.qat_lr, s.qat_batch = 40, 3e-3, 8
+    losses = qat.distill(model, teacher, train_stream(tokenizer(), s.calib_text), s, masks, "cpu", progress=False)
+    assert len(losses) == 40 and model.accllm_distill_stats["steps"] == 40
+    after = kl()
+    assert after < 0.9 * before, (before, after)
+    ints = integer_linear_weights(model)
+    for name, mask in masks.items():
+        assert torch.equal(ints[name]["codes"][~mask], ints[name]["zero_points"].repeat_interleave(16, 1)[~mask])
