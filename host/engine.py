@@ -113,16 +113,21 @@ class EngineDriver:
         out.sync_from_device()
         return np.frombuffer(bytes(out[: 4 * self.image.vocab]), dtype="<f4").copy()
 
-    def step(self, token: int, logits: bool = True) -> np.ndarray | None:
-        """One engine run: the token at the next stream position; returns float32 logits [vocab] (``logits``; else
-        the kernel writes only its top-K, :meth:`top`, and this returns None)."""
-        if not 0 <= token < self.image.vocab:
-            raise ValueError(f"token id {token} outside the vocabulary [0, {self.image.vocab})")
+    def _check_ready(self, ids: list[int]) -> None:
+        """Refuse a run with a token outside the vocabulary, after a fault, or while the kernel is busy."""
+        bad = [t for t in ids if not 0 <= t < self.image.vocab]
+        if bad:
+            raise ValueError(f"token id {bad[0]} outside the vocabulary [0, {self.image.vocab})")
         if self.fault:
             raise DeviceNotIdle(f"{self.fault}; reset the backend before the next run")
         if not self.kernel.idle():
             self.fault = f"the kernel was busy before run {self.runs}"
             raise DeviceNotIdle(f"{self.fault}; reset the backend before the next run")
+
+    def step(self, token: int, logits: bool = True) -> np.ndarray | None:
+        """One engine run: the token at the next stream position; returns float32 logits [vocab] (``logits``; else
+        the kernel writes only its top-K, :meth:`top`, and this returns None)."""
+        self._check_ready([token])
         s = self.kv.next_step()
         values = {"token": token, "pos": s.pos, "slot": s.slot, "occupied": s.occupied}
         for name, what in self.image.scalars.items():
@@ -148,14 +153,7 @@ class EngineDriver:
             for t in ids:
                 out = self.step(t, logits)
             return out
-        bad = [t for t in ids if not 0 <= t < self.image.vocab]
-        if bad:
-            raise ValueError(f"token id {bad[0]} outside the vocabulary [0, {self.image.vocab})")
-        if self.fault:
-            raise DeviceNotIdle(f"{self.fault}; reset the backend before the next run")
-        if not self.kernel.idle():
-            self.fault = f"the kernel was busy before run {self.runs}"
-            raise DeviceNotIdle(f"{self.fault}; reset the backend before the next run")
+        self._check_ready(ids)
         self._set_logits_en(logits)
         run_block(ids, self.kv.next_step().pos)
         for _ in ids:

@@ -156,7 +156,7 @@ template <class CFG> void rope_cos_sin(const word_t *blob, size_t off, unsigned 
     float row[CFG::head_dim];
     for (unsigned lvl = 0; lvl < ROPE_LEVELS; lvl++) {
         const unsigned d = (unsigned)(((uint64_t)pos >> (ROPE_RADIX_BITS * lvl)) & (R - 1));
-        load_f32(blob, off + (size_t)(lvl * R + d) * 2 * H * 4, 2 * H, row);
+        load_lanes(blob, off + (size_t)(lvl * R + d) * 2 * H * 4, 2 * H, row);
         for (unsigned j = 0; j < H; j++) {
             const float C = row[j], S = row[H + j];
             if (lvl == 0) { c[j] = C; s[j] = S; }
@@ -690,7 +690,7 @@ template <class CFG> void kv_load(const uint8_t *p, uint8_t *codes, float *s, ui
 template <class CFG> void kv_load_head(const word_t *kv, unsigned layer, unsigned tensor, unsigned head, unsigned n,
                                        uint8_t (*codes)[CFG::head_dim], float *s, uint8_t *z) {
     static uint8_t raw[CFG::slots * kv_slot_bytes<CFG>()];
-    load_bytes(kv, kv_slot_off<CFG>(layer, tensor, head, 0), n * kv_slot_bytes<CFG>(), raw);
+    load_lanes(kv, kv_slot_off<CFG>(layer, tensor, head, 0), n * kv_slot_bytes<CFG>(), raw);
     for (unsigned t = 0; t < n; t++) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = ACCLLM_TC_SLOTS
         kv_load<CFG>(raw + t * kv_slot_bytes<CFG>(), codes[t], &s[t], &z[t]);
@@ -920,7 +920,7 @@ template <class CFG> void attention_kv_head(unsigned layer, unsigned kvh, unsign
 template <class CFG> void head_fp16_rows(const float *h, const word_t *blob, size_t off, hls::stream<float> &ys) {
     uint16_t row[CFG::hidden];
     for (unsigned v = 0; v < CFG::vocab; v++) {
-        load_u16(blob, off + (size_t)v * CFG::hidden * 2, CFG::hidden, row);
+        load_lanes(blob, off + (size_t)v * CFG::hidden * 2, CFG::hidden, row);
         float part[16];
         for (unsigned j = 0; j < 16; j++) part[j] = 0.0f;
         for (unsigned i = 0; i < CFG::hidden; i++) {
@@ -954,7 +954,7 @@ struct instr_t {
 inline instr_t fetch(const word_t *program, unsigned pc) {
     uint32_t r[8];
 #pragma HLS ARRAY_PARTITION variable = r complete
-    load_u32(program, 32 * (size_t)pc, 8, r);
+    load_lanes(program, 32 * (size_t)pc, 8, r);
     instr_t in;
     in.op = r[0] & 0xFF;
     in.mode = (r[0] >> 8) & 15;
@@ -970,7 +970,7 @@ template <class CFG> void op_embed(const word_t *blob, size_t off, const unsigne
     count_weight_bytes((uint64_t)nt * CFG::hidden * 2);
     for (unsigned t = 0; t < nt; t++) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = ACCLLM_TC_BLOCK
-        load_u16(blob, off + (size_t)tokens[t] * CFG::hidden * 2, CFG::hidden, row);
+        load_lanes(blob, off + (size_t)tokens[t] * CFG::hidden * 2, CFG::hidden, row);
         for (unsigned i = 0; i < CFG::hidden; i++) dst[t][i] = half_to_float(row[i]);
     }
 }
@@ -979,7 +979,7 @@ template <class CFG> void op_rmsnorm(const word_t *blob, size_t off, float (*src
                                      float (*dst)[CFG::max_vec], unsigned nt) {
     float w[CFG::hidden];
     count_weight_bytes(4 * CFG::hidden);
-    load_f32(blob, off, CFG::hidden, w);
+    load_lanes(blob, off, CFG::hidden, w);
     for (unsigned t = 0; t < nt; t++) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = ACCLLM_TC_BLOCK
         rmsnorm<CFG>(src[t], w, dst[t]);

@@ -48,62 +48,24 @@ inline void set_word_u32(word_t &w, unsigned i, uint32_t v) {
 inline float bits_to_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
 inline uint32_t float_to_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
 
-// n 32-bit values at byte offset off (a multiple of 4): one burst over the words that hold them.
-inline void load_u32(const word_t *mem, size_t off, unsigned n, uint32_t *out) {
-    const size_t w0 = off / WORD_BYTES;
-    const unsigned first = (unsigned)(off % WORD_BYTES) / 4, nw = (first + n + WORD_U32 - 1) / WORD_U32;
-    for (unsigned i = 0; i < nw; i++) {
-#pragma HLS PIPELINE II = 1
-#pragma HLS LOOP_TRIPCOUNT min = 1 max = 64
-        const word_t w = mem[w0 + i];
-        for (unsigned j = 0; j < WORD_U32; j++) {
-            const long idx = (long)(i * WORD_U32 + j) - (long)first;
-            if (idx >= 0 && idx < (long)n) out[idx] = word_u32(w, j);
-        }
-    }
-}
+inline void lane_to(uint32_t v, uint32_t &o) { o = v; }
+inline void lane_to(uint32_t v, float &o) { o = bits_to_float(v); }
+inline void lane_to(uint32_t v, uint16_t &o) { o = (uint16_t)v; }
+inline void lane_to(uint32_t v, uint8_t &o) { o = (uint8_t)v; }
 
-inline void load_f32(const word_t *mem, size_t off, unsigned n, float *out) {
+// n values of T (uint8/uint16/uint32/float) at byte offset off (a multiple of sizeof(T)): one burst over the words
+// that hold them, each word cut into WORD_BYTES / sizeof(T) lanes.
+template <class T> inline void load_lanes(const word_t *mem, size_t off, unsigned n, T *out) {
+    const unsigned B = sizeof(T), per = WORD_BYTES / B;
     const size_t w0 = off / WORD_BYTES;
-    const unsigned first = (unsigned)(off % WORD_BYTES) / 4, nw = (first + n + WORD_U32 - 1) / WORD_U32;
-    for (unsigned i = 0; i < nw; i++) {
-#pragma HLS PIPELINE II = 1
-#pragma HLS LOOP_TRIPCOUNT min = 1 max = 64
-        const word_t w = mem[w0 + i];
-        for (unsigned j = 0; j < WORD_U32; j++) {
-            const long idx = (long)(i * WORD_U32 + j) - (long)first;
-            if (idx >= 0 && idx < (long)n) out[idx] = bits_to_float(word_u32(w, j));
-        }
-    }
-}
-
-// n 16-bit values (fp16 codes) at byte offset off (a multiple of 2).
-inline void load_u16(const word_t *mem, size_t off, unsigned n, uint16_t *out) {
-    const unsigned per = 2 * WORD_U32;
-    const size_t w0 = off / WORD_BYTES;
-    const unsigned first = (unsigned)(off % WORD_BYTES) / 2, nw = (first + n + per - 1) / per;
+    const unsigned first = (unsigned)(off % WORD_BYTES) / B, nw = (first + n + per - 1) / per;
     for (unsigned i = 0; i < nw; i++) {
 #pragma HLS PIPELINE II = 1
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = 64
         const word_t w = mem[w0 + i];
         for (unsigned j = 0; j < per; j++) {
             const long idx = (long)(i * per + j) - (long)first;
-            if (idx >= 0 && idx < (long)n) out[idx] = (uint16_t)(word_u32(w, j / 2) >> (16 * (j & 1)));
-        }
-    }
-}
-
-// n bytes at any byte offset.
-inline void load_bytes(const word_t *mem, size_t off, unsigned n, uint8_t *out) {
-    const size_t w0 = off / WORD_BYTES;
-    const unsigned first = (unsigned)(off % WORD_BYTES), nw = (first + n + WORD_BYTES - 1) / WORD_BYTES;
-    for (unsigned i = 0; i < nw; i++) {
-#pragma HLS PIPELINE II = 1
-#pragma HLS LOOP_TRIPCOUNT min = 1 max = 64
-        const word_t w = mem[w0 + i];
-        for (unsigned j = 0; j < WORD_BYTES; j++) {
-            const long idx = (long)(i * WORD_BYTES + j) - (long)first;
-            if (idx >= 0 && idx < (long)n) out[idx] = (uint8_t)(word_u32(w, j / 4) >> (8 * (j & 3)));
+            if (idx >= 0 && idx < (long)n) lane_to(word_u32(w, j * B / 4) >> (8 * B * (j % (4 / B))), out[idx]);
         }
     }
 }
