@@ -2,14 +2,22 @@
 
     python bench/scale.py                                   # bundled, smollm2, llama-1b-dims-2l, llama-1b-dims-4l
     nice -n 19 python bench/scale.py --sizes llama-1b-dims,llama-7b-dims --deadline 14:00    # the full sizes
+    python bench/scale.py --sizes llama-7b-dims --work W --background --wait 540 --label "..."   # then, while it runs:
+    python bench/scale.py --work W --wait 540               # (a machine whose commands last 10 minutes at most)
 
 Random-weight models (Llama-3.2-1B-like and Llama-2-7B dims, the bundled tokenizer, fp16 weights in one
 safetensors shard per decoder layer as Hugging Face shards them, written layer by layer) are made in a temporary
 folder and deleted afterwards; nothing of them is committed. Each step runs as the ``accllm`` command in a fresh
 subprocess whose peak RSS is measured (its VmHWM, read every second and at exit; with getrusage for its children,
 e.g. g++). Quantize (RTN), export and compile all work one decoder layer at a time. Compression: 2:4 (Wanda) + W2
-RTN + A8KV4 + Λ, group 32, 4 calibration windows of 64 tokens, no perplexity evaluation (7B: dense W2, see
-``SIZE_ARGS``).
+RTN + A8KV4 + Λ, group 32, 4 calibration windows of 64 tokens, no perplexity evaluation.
+
+``--background`` runs the measurement in a process of its own session that outlives the command (its log and the
+record so far in ``--work``); ``--wait S`` follows it for up to S seconds. ``--label`` names the machine in the JSON
+beside its measured cores, memory and load. The llama-7b-dims row ran this way on the device machine (16 cores,
+128 GiB, CPU only), with the wheels of brevitas, qonnx, onnxoptimizer and their pure-Python needs installed there by
+``pip install --target`` and accllm's folders linked as a namespace package on PYTHONPATH; its image's numpy 2.5,
+onnx 1.23 and torch 2.11 compile the bundled model to the same program and blob as this machine.
 
 Writes bench/results/scale.json: per size and step the seconds and peak RSS, all measured. A step stopped at
 ``--deadline`` is recorded as such, with its peak RSS so far, the layers it finished and its measured seconds
@@ -49,10 +57,9 @@ SIZES = ["bundled", "smollm2", "llama-1b-dims-2l", "llama-1b-dims-4l"]
 QUANTIZE_ARGS = ["--sparsity", "2:4", "--prune-method", "wanda", "--weight-bits", "2", "--weight-method", "rtn",
                  "--act-bits", "8", "--kv-bits", "4", "--group-size", "32", "--calib-samples", "4",
                  "--calib-seqlen", "64", "--eval-tokens", "0", "--device", "cpu"]
-# A layer graph holds every weight as an fp32 initializer and, with 2:4, an fp32 mask beside it (8.4 bytes a
-# parameter): a 7B-dims 2:4 layer serialises to more than protobuf's 2 GiB (torch.onnx refuses it in memory) and
-# 32 of them are 55 GB of graphs. Dense W2 graphs are half that, so the 7B dims are measured dense.
-SIZE_ARGS = {"llama-7b-dims": {"--sparsity": "none"}}
+# Per-size changes of QUANTIZE_ARGS (none: every size runs the AccLLM configuration; a 2:4 layer graph holds the
+# pruned weights as zeros, 4 bytes a weight, so a 7B-dims layer is 0.75 GiB, under protobuf's 2 GiB).
+SIZE_ARGS: dict = {}
 
 
 def quantize_args(size: str) -> list[str]:
@@ -177,9 +184,18 @@ def run_step(argv: list[str], log: Path, deadline: float | None = None) -> dict:
     return {"ok": True, "seconds": round(seconds, 1), "peak_rss_gib": round(peak, 3), "layers": layer_progress(log)}
 
 
-def measure(size: str, work: Path, deadline: float | None = None) -> dict:
+def machine(label: str | None) -> dict:
+    """The machine a measurement ran on, as measured now (cores, memory, load), and what the user calls it."""
+    mem = int(re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text()).group(1))
+    out = {"cores": os.cpu_count(), "memory_gib": round(mem / 2**20, 1), "load_average": os.getloadavg()}
+    return {"label": label, **out} if label else out
+
+
+def measure(size: str, work: Path, deadline: float | None = None, label: str | None = None,
+            save=lambda rec: None) -> dict:
+    """The steps of one size in ``work``; ``save(rec)`` is called with the record after each step."""
     model = size
-    rec: dict = {"size": size}
+    rec: dict = {"size": size, "machine": machine(label)}
     if size in RANDOM_DIMS:
         t0 = time.perf_counter()
         model = str(make_random_model(work / "model", RANDOM_DIMS[size]))
@@ -196,6 +212,7 @@ def measure(size: str, work: Path, deadline: float | None = None) -> dict:
         r = run_step(argv, work / f"{step}.log", deadline)
         rec["steps"][step] = r
         print(f"[{size}] {step}: {json.dumps(r)[:300]}", flush=True)
+        save(rec)
         if not r["ok"]:
             break
         if step == "quantize" and size in RANDOM_DIMS:
@@ -205,7 +222,30 @@ def measure(size: str, work: Path, deadline: float | None = None) -> dict:
     rec["peak_rss_gib"] = max((r["peak_rss_gib"] for r in done), default=None)
     if (work / "build" / "weights.blob").is_file():
         rec["blob_bytes"] = (work / "build" / "weights.blob").stat().st_size
+    if (work / "export").is_dir():
+        rec["export_bytes"] = sum(f.stat().st_size for f in (work / "export").glob("*.onnx"))
+    rec["machine_at_end"] = machine(label)
+    save(rec)
     return rec
+
+
+def follow(work: Path, seconds: float) -> int:
+    """Print the background run's log as it grows, for up to ``seconds``; 0 once it has finished."""
+    log, done = work / "scale.log", work / "scale.done"
+    pos, t_end = 0, time.time() + seconds
+    while True:
+        if log.is_file():
+            text = log.read_text(errors="replace")
+            # tqdm redraws with carriage returns: print the last state of each line
+            print("\n".join(ln.rsplit("\r", 1)[-1] for ln in text[pos:].splitlines() if ln.strip()), flush=True)
+            pos = len(text)
+        if done.is_file():
+            print(f"finished: {done.read_text().strip()}")
+            return 0
+        if time.time() > t_end:
+            print(f"still running (log {log})")
+            return 3
+        time.sleep(10)
 
 
 def main() -> int:
@@ -215,7 +255,29 @@ def main() -> int:
     ap.add_argument("--keep", type=Path, default=None, help="keep the work folders here (default: a deleted temp dir)")
     ap.add_argument("--deadline", default=None, help="HH:MM (UTC): stop a step still running then and record how "
                                                      "far it got (layers done, measured seconds per layer)")
+    ap.add_argument("--work", type=Path, default=None, help="the work folder (kept): model, checkpoint, graphs, "
+                                                         "build, step logs, record.json (one size)")
+    ap.add_argument("--background", action="store_true", help="run in a new session that outlives this command")
+    ap.add_argument("--wait", type=float, default=None, help="follow a --background run in --work for up to S s")
+    ap.add_argument("--label", default=None, help="what the machine is, for the JSON (e.g. the device machine)")
     a = ap.parse_args()
+    if a.background or a.wait is not None:
+        if a.work is None:
+            ap.error("--background and --wait need --work")
+        if a.background:
+            a.work.mkdir(parents=True, exist_ok=True)
+            (a.work / "scale.done").unlink(missing_ok=True)
+            argv = [x for x in sys.argv[1:] if x != "--background"]
+            if "--wait" in argv:
+                i = argv.index("--wait")
+                del argv[i:i + 2]
+            cmd = [sys.executable, str(Path(__file__).resolve()), *argv]
+            with open(a.work / "scale.log", "w") as log:
+                p = subprocess.Popen(["sh", "-c", '"$@"; echo "exit $?" > "$0"', str(a.work / "scale.done"), *cmd],
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
+            print(f"started {p.pid} in its own session: {' '.join(cmd)}; log {a.work / 'scale.log'}", flush=True)
+        return follow(a.work, a.wait or 0)
     deadline = None
     if a.deadline:
         hh, mm = map(int, a.deadline.split(":"))
@@ -224,11 +286,13 @@ def main() -> int:
     results = json.loads(a.out.read_text()).get("sizes", {}) if a.out.is_file() else {}
     for size in a.sizes.split(","):
         with tempfile.TemporaryDirectory(prefix=f"scale_{size}_") as tmp:
-            work = (a.keep / size) if a.keep else Path(tmp)
-            if work.exists() and a.keep:
-                shutil.rmtree(work)
+            work = a.work or ((a.keep / size) if a.keep else Path(tmp))
+            for sub in ("model", "ckpt", "export", "build"):  # a previous run's outputs
+                shutil.rmtree(work / sub, ignore_errors=True)
             work.mkdir(parents=True, exist_ok=True)
-            results[size] = measure(size, work, deadline)
+            record = work / "record.json"
+            results[size] = measure(size, work, deadline, a.label,
+                                    save=lambda rec: record.write_text(json.dumps(rec, indent=1)))
         a.out.parent.mkdir(parents=True, exist_ok=True)
         doc = {"machine": f"{os.cpu_count()} CPU cores (shared with other work), "
                           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB",

@@ -26,7 +26,7 @@ import argparse
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from accllm.hls.project import BLACKBOX_C, TEMPLATES
@@ -34,45 +34,13 @@ from accllm.sim.boards import Board, get_board
 from accllm.hw.rtl_native import WRAPPER, WRAPPER_MODULE
 from accllm.hw.rtl_runner import RTL_DIR, RTL_SOURCES
 
+from .verilog import Port, module_ports  # noqa: F401  (Port: part of this module's interface)
+
 BITSTREAMS = Path(__file__).resolve().parent
 CORE_MODULE = "accllm_core"
 
 
 # ---------------------------------------------------------------- Verilog port lists
-
-@dataclass(frozen=True)
-class Port:
-    direction: str  # input / output
-    name: str
-    width: int
-
-
-def _eval_width(expr: str | None, params: dict[str, int]) -> int:
-    if not expr:
-        return 1
-    hi, lo = expr.split(":")
-    env = dict(params)
-    if not re.fullmatch(r"[\w\s+\-*/()]+", hi + lo):
-        raise ValueError(f"cannot evaluate the port range [{expr}]")
-    return int(eval(hi, {"__builtins__": {}}, env)) - int(eval(lo, {"__builtins__": {}}, env)) + 1  # noqa: S307
-
-
-def module_ports(path: Path, module: str, params: dict[str, int] | None = None) -> tuple[dict[str, int], list[Port]]:
-    """(parameter defaults, ports) of ``module`` in a Verilog/SystemVerilog file (ANSI-style header)."""
-    text = re.sub(r"//[^\n]*", "", Path(path).read_text())
-    m = re.search(rf"\bmodule\s+{module}\s*(#\s*\((?P<params>.*?)\))?\s*\((?P<ports>.*?)\)\s*;", text, re.S)
-    if not m:
-        raise ValueError(f"module {module} not found in {path}")
-    defaults = {k: int(v) for k, v in re.findall(r"parameter\s+(?:int\s+)?(\w+)\s*=\s*(\d+)", m.group("params") or "")}
-    env = {**defaults, **(params or {})}
-    ports = []
-    for decl in m.group("ports").split(","):
-        pm = re.match(r"\s*(input|output|inout)\s+(?:wire|logic|reg)?\s*(?:signed\s*)?(?:\[([^\]]+)\])?\s*(\w+)\s*$", decl)
-        if not pm:
-            raise ValueError(f"{path}: cannot parse the port declaration {decl.strip()!r} of {module}")
-        ports.append(Port(pm.group(1), pm.group(3), _eval_width(pm.group(2), env)))
-    return env, ports
-
 
 def core_ports(lanes: int, group: int) -> list[Port]:
     return module_ports(RTL_DIR / "accllm_core.sv", CORE_MODULE, {"LANES": lanes, "GROUP": group})[1]
@@ -92,6 +60,7 @@ class HlsTop:
     m_axi: dict[str, str]        # argument -> bundle
     s_axilite: list[str]         # arguments on the control interface (and "return")
     control_bundle: str = "control"
+    axis: list[str] = field(default_factory=list)  # AXI4-Stream arguments (the engine's streams)
 
 
 def _pragma_fields(line: str) -> dict[str, str]:
@@ -118,12 +87,16 @@ def find_hls_top(templates: Path = TEMPLATES) -> HlsTop:
             fields = [_pragma_fields(p) for p in pragmas]
             if not any(f.get("mode") == "s_axilite" and f.get("port") == "return" for f in fields):
                 continue
-            args = [re.findall(r"(\w+)\s*(?:\[[^\]]*\])?\s*$", a.strip())[0] for a in fm.group(2).split(",") if a.strip()]
+            # an upper-case word after the last argument is a macro adding ports under a build flag (the engine's
+            # streams under ACCLLM_ENGINE_STREAM): its ports are not in the control register map
+            decls = re.sub(r"\s+[A-Z][A-Z0-9_]*\s*$", "", fm.group(2).strip())
+            args = [re.findall(r"(\w+)\s*(?:\[[^\]]*\])?\s*$", a.strip())[0] for a in decls.split(",") if a.strip()]
             m_axi = {f["port"]: f.get("bundle", f"m_axi_{f['port']}") for f in fields if f.get("mode") == "m_axi"}
             lite = [f["port"] for f in fields if f.get("mode") == "s_axilite"]
+            axis = [f["port"] for f in fields if f.get("mode") == "axis"]
             bundle = next((f.get("bundle", "control") for f in fields
                            if f.get("mode") == "s_axilite" and f.get("port") == "return"), "control")
-            found.append(HlsTop(fm.group(1), src, args, m_axi, lite, bundle))
+            found.append(HlsTop(fm.group(1), src, args, m_axi, lite, bundle, axis))
     if not found:
         raise FileNotFoundError(f"no HLS kernel top (a function with '#pragma HLS INTERFACE s_axilite port=return') "
                                 f"in {templates}")
@@ -171,14 +144,17 @@ def blackbox_json(lanes: int, group: int, c_file: str, out_depth: int = 8) -> di
     }
 
 
-def hls_tcl(top: HlsTop, board: Board, sources: list[Path], blackbox: Path, project: str = "accllm_hls") -> str:
-    """``sources``: the kernel's C++ files (the top's file first); the folder of each is on the include path."""
+def hls_tcl(top: HlsTop, board: Board, sources: list[Path], blackbox: Path, project: str = "accllm_hls",
+            engine: bool = False) -> str:
+    """``sources``: the kernel's C++ files (the top's file first); the folder of each is on the include path.
+    ``engine``: the kernel drives the engine RTL kernel through its streams (ACCLLM_ENGINE_STREAM)."""
     vitis = board.flow == "vitis"
     target = f"set_part {{{board.part}}}"
     lines = [f"# Generated by accllm.bitstreams.build for board {board.name}: run with vitis_hls -f hls.tcl",
              f"open_project -reset {project}",
              f"set_top {top.name}"]
-    lines += [f"add_files {s} -cflags \"-std=c++14 -I{Path(s).parent}\"" for s in sources]
+    flags = " -DACCLLM_ENGINE_STREAM" if engine else ""
+    lines += [f"add_files {s} -cflags \"-std=c++14{flags} -I{Path(s).parent}\"" for s in sources]
     lines += [f"add_files -blackbox {blackbox}",
               f"open_solution -reset sol -flow_target {'vitis' if vitis else 'vivado'}",
               target,
@@ -189,9 +165,12 @@ def hls_tcl(top: HlsTop, board: Board, sources: list[Path], blackbox: Path, proj
     return "\n".join(lines) + "\n"
 
 
-def link_cfg(top: HlsTop, board: Board) -> str:
+def link_cfg(top: HlsTop, board: Board, engine=None) -> str:
     """v++ --link config (UG1702 [connectivity] nk/sp): each m_axi port (bundle) on its own HBM pseudo channel;
-    arguments that share a bundle share its channel (v++ refuses one port on two memories)."""
+    arguments that share a bundle share its channel (v++ refuses one port on two memories). ``engine``
+    (:class:`accllm.bitstreams.engine_kernel.EngineKernel`): the engine RTL kernel beside it, its streams linked with
+    stream_connect and each channel's master on its own bank after the kernel's where the board has enough, else
+    shared (:func:`accllm.bitstreams.engine_kernel.engine_banks`; the U280's 32-channel engine shares HBM[0..6])."""
     if board.flow != "vitis":
         raise ValueError(f"{board.name} is built with Vivado, not v++ --link")
     bundles = _unique(top.m_axi.values())
@@ -201,12 +180,26 @@ def link_cfg(top: HlsTop, board: Board) -> str:
     lines = ["# Generated by accllm.bitstreams.build: v++ --link --config link.cfg",
              f"platform={board.extra['platform']}", "", "[connectivity]", f"nk={top.name}:1:{cu}"]
     lines += [f"sp={cu}.{arg}:HBM[{bundles.index(bundle)}]" for arg, bundle in top.m_axi.items()]
-    lines += ["", "[clock]", f"freqHz={int(board.clock_mhz * 1e6)}:{cu}", ""]
+    clocks = [f"freqHz={int(board.clock_mhz * 1e6)}:{cu}"]
+    if engine is not None:
+        from .engine_kernel import KERNEL, link_lines
+
+        lines += link_lines(top.name, top.axis, engine, hbm_banks(top, board, engine))
+        clocks.append(f"freqHz={int(board.clock_mhz * 1e6)}:{KERNEL}_1")
+    lines += ["", "[clock]", *clocks, ""]
     return "\n".join(lines)
 
 
-def bd_params_tcl(top: HlsTop, board: Board) -> str:
-    """Names for bitstreams/zynq/build_bd.tcl (Vivado block design: Zynq UltraScale+ PS + the HLS IP)."""
+def hbm_banks(top: HlsTop, board: Board, engine) -> list[int]:
+    """The HBM bank of each engine channel beside this kernel top's bundles (the link.cfg's sp= lines)."""
+    from .engine_kernel import engine_banks
+
+    return engine_banks(engine.channels, len(_unique(top.m_axi.values())), board.mem_ports)
+
+
+def bd_params_tcl(top: HlsTop, board: Board, engine=None, engine_sources: list[Path] = ()) -> str:
+    """Names for bitstreams/zynq/build_bd.tcl (Vivado block design: Zynq UltraScale+ PS + the HLS IP, and with
+    ``engine`` the engine RTL as a module reference cell linked to the kernel's streams; empty names without)."""
     if board.flow != "vivado":
         raise ValueError(f"{board.name} is built with Vitis, not the Vivado block design")
     hp = [f"S_AXI_HP{i}_FPD" for i in range(min(len(top.m_axi), board.mem_ports))]
@@ -221,8 +214,17 @@ def bd_params_tcl(top: HlsTop, board: Board) -> str:
         f"set hp_ports {{{' '.join(hp)}}}",
         f"set control_port s_axi_{top.control_bundle}",
         f"set clock_mhz {board.clock_mhz:g}",
+        *(engine_bd_lines(engine, engine_sources) if engine is not None else
+          ["set engine_module {}", "set engine_cell {}", "set engine_sources {}", "set engine_control {}",
+           "set engine_m_axi {}", "set engine_axis {}"]),
         "",
     ])
+
+
+def engine_bd_lines(engine, sources):
+    from .engine_kernel import bd_lines
+
+    return bd_lines(engine, sources)
 
 
 def _unique(xs):
@@ -241,7 +243,9 @@ def model_tag(dims: dict) -> str:
 
 
 def manifest_entry(top: HlsTop, board: Board, lanes: int, group: int, dims: dict, cores: int, program_format: int,
-                   blob_format: int) -> dict:
+                   blob_format: int, engine=None) -> dict:
+    """``engine`` (:class:`accllm.bitstreams.engine_kernel.EngineKernel`): the bitstream carries the engine RTL
+    beside the kernel, recorded as its ``engine_rtl``."""
     name = f"{board.name}_{model_tag(dims)}_L{lanes}_G{group}"
     if board.flow == "vitis":
         arts = {"xclbin": {"path": f"{board.name}/{name}.xclbin"}}
@@ -250,7 +254,14 @@ def manifest_entry(top: HlsTop, board: Board, lanes: int, group: int, dims: dict
     return {"name": name, "board": board.name, "flow": board.flow, "kernel": top.name,
             "engine": {"lanes": lanes, "group": group, "cores": cores, "out_depth": 8}, "dims": dims,
             "program_format": program_format, "blob_format": blob_format, "clock_mhz": board.clock_mhz,
-            "built": False, "artifacts": arts, "tool": None, "recipe": "u280" if board.flow == "vitis" else "zynq"}
+            "built": False, "artifacts": arts, "tool": None, "recipe": "u280" if board.flow == "vitis" else "zynq",
+            "engine_rtl": None if engine is None else _engine_record(top, board, engine)}
+
+
+def _engine_record(top: HlsTop, board: Board, engine) -> dict:
+    from .engine_kernel import manifest_record
+
+    return manifest_record(engine, board.flow, hbm_banks(top, board, engine) if board.flow == "vitis" else ())
 
 
 def format_versions() -> tuple[int, int]:
@@ -314,18 +325,30 @@ def generate(compiled, out: Path, board_name: str | None = None, cores: int = 1)
     written["blackbox.json"] = out / "blackbox.json"
     written["blackbox.json"].write_text(
         json.dumps(blackbox_json(c.lanes, c.group, str(here(c.hls / BLACKBOX_C))), indent=1) + "\n")
+    from . import engine_kernel as ek
+
+    engine = ek.engine_of(c.path)  # the engine RTL kernel the HLS kernel drives through its streams
+    engine_src = []
+    if engine is not None:
+        written[ek.WRAPPER_FILE] = out / ek.WRAPPER_FILE
+        written[ek.WRAPPER_FILE].write_text(ek.wrapper_v(engine))
+        engine_src = [Path(ek.WRAPPER_FILE)] + [here(f) for f in ek.rtl_files()]
     written["hls.tcl"] = out / "hls.tcl"
-    written["hls.tcl"].write_text(hls_tcl(top, board, [here(top.source)], Path(written["blackbox.json"].name)))
+    written["hls.tcl"].write_text(hls_tcl(top, board, [here(top.source)], Path(written["blackbox.json"].name),
+                                          engine=engine is not None))
     if board.flow == "vitis":
         written["link.cfg"] = out / "link.cfg"
-        written["link.cfg"].write_text(link_cfg(top, board))
+        written["link.cfg"].write_text(link_cfg(top, board, engine))
+        if engine is not None:
+            written["package_engine.tcl"] = out / "package_engine.tcl"
+            written["package_engine.tcl"].write_text(ek.package_tcl(engine, board.part, engine_src))
     else:
         written["bd_params.tcl"] = out / "bd_params.tcl"
-        written["bd_params.tcl"].write_text(bd_params_tcl(top, board))
+        written["bd_params.tcl"].write_text(bd_params_tcl(top, board, engine, engine_src))
     pf, bf = format_versions()
     written["manifest_entry.json"] = out / "manifest_entry.json"
     written["manifest_entry.json"].write_text(
-        json.dumps(manifest_entry(top, board, c.lanes, c.group, c.dims, cores, pf, bf), indent=1) + "\n")
+        json.dumps(manifest_entry(top, board, c.lanes, c.group, c.dims, cores, pf, bf, engine), indent=1) + "\n")
     return written
 
 

@@ -36,6 +36,32 @@ class EngineParams(BaseModel):
     out_depth: int = Field(default=8, gt=1)
 
 
+class EngineRtl(BaseModel):
+    """The engine RTL beside the HLS kernel (a bitstream built with ``ACCLLM_ENGINE_STREAM``): the host loads each
+    channel's part of ``weights.engine`` and writes the channel's REGION register before the first run. The fields
+    but ``kernel`` and ``banks`` are :data:`accllm.sim.engine_regs.IDENTITY`, what the engine's INFO / T report."""
+    model_config = ConfigDict(extra="forbid")
+    kernel: str                                 # Vitis: the engine's kernel name (xrt::ip); Vivado: its IP cell
+    channels: int = Field(gt=0)
+    cores: int = Field(gt=0)
+    lanes: int = Field(gt=0)
+    wbits: int = Field(gt=0)
+    channel_bits: int = Field(gt=0)
+    block: int = Field(gt=0)
+    banks: list[int] = []                       # Vitis: memory bank (HBM pseudo channel) of each channel's master
+
+    def identity(self) -> dict:
+        from accllm.sim.engine_regs import IDENTITY
+
+        return {k: getattr(self, k) for k in IDENTITY}
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.banks and len(self.banks) != self.channels:
+            raise ValueError(f"engine {self.kernel}: {len(self.banks)} banks for {self.channels} channels")
+        return self
+
+
 class Artifact(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: str                                   # relative to the manifest's folder
@@ -58,6 +84,7 @@ class BitstreamEntry(BaseModel):
     artifacts: dict[str, Artifact]
     tool: str | None = None                     # e.g. "Vitis 2023.2", recorded by the build
     recipe: str                                 # folder under bitstreams/ holding the recipe
+    engine_rtl: EngineRtl | None = None         # the engine RTL the HLS kernel drives; None: the kernel alone
 
     @model_validator(mode="after")
     def _check(self):
@@ -66,6 +93,8 @@ class BitstreamEntry(BaseModel):
             raise ValueError(f"{self.name}: a {self.flow} bitstream has artifacts {sorted(want)}, got {sorted(self.artifacts)}")
         if self.built and any(a.sha256 is None for a in self.artifacts.values()):
             raise ValueError(f"{self.name}: marked built but an artifact has no sha256")
+        if self.engine_rtl is not None and self.flow == "vitis" and not self.engine_rtl.banks:
+            raise ValueError(f"{self.name}: a vitis bitstream's engine_rtl needs the memory bank of each channel")
         return self
 
 
@@ -133,6 +162,21 @@ def _field(header, name: str):
     return getattr(header, name, None)
 
 
+def engine_problems(entry: BitstreamEntry, program_header) -> list[str]:
+    """Differences between the bitstream's engine RTL and the engine the build's image needs (the header's
+    ``engine_rtl``: :func:`accllm.sim.engine_regs.identity` of the build, None when it has no engine image)."""
+    if entry.engine_rtl is None:
+        return []  # the HLS kernel alone computes every linear; a build's engine image is not used
+    need = _field(program_header, "engine_rtl")
+    if need is None:
+        return [f"engine: the bitstream drives the engine RTL ({entry.engine_rtl.kernel}), the build has no engine "
+                "image (weights.engine, blob_map.json); recompile"]
+    have = entry.engine_rtl.identity()
+    diff = [k for k in have if int(need.get(k, -1)) != have[k]]
+    return ["engine: the build's weights.engine needs " + ", ".join(f"{k} {need.get(k)}" for k in diff)
+            + ", the bitstream's engine has " + ", ".join(f"{k} {have[k]}" for k in diff)] if diff else []
+
+
 def verify_bitstream(entry: BitstreamEntry | Mapping, bitstream_path: str | Path, program_header,
                      board: str | None = None) -> BitstreamEntry:
     """Check a bitstream against its manifest entry and the compiled program before loading it.
@@ -173,6 +217,7 @@ def verify_bitstream(entry: BitstreamEntry | Mapping, bitstream_path: str | Path
         elif int(got) != int(have):
             what = "format version" if key.endswith("format") else "engine parameter"
             problems.append(f"{key}: the program has {what} {got}, the bitstream {entry.name!r} was built for {have}")
+    problems += engine_problems(entry, program_header)
     dims = _field(program_header, "dims")
     if dims is None:
         problems.append("dims: the program header does not state the model dimensions")

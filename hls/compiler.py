@@ -13,7 +13,8 @@ Operands and the graph fields they come from:
     EMBED       embed_off          embed.onnx Gather's table [V, H] (fp16 in the blob)
     RMSNORM     weight_off, n      the RMSNorm's weight initializer [H]; eps (one per engine) its Add constant
     LINEAR      stream, mode       weight Quant's (W, scale, zeropt) [N, K/G, G] x the 2:4 mask; G = last dim;
-                                   scales rounded to fp16 (the stream's); SPARSE when every linear is masked 2:4
+                                   scales rounded to fp16 (the stream's); SPARSE when every linear is masked 2:4;
+                                   wbits (2 or 4) the Quant's bit width, one for every decoder linear
     ATTENTION   rope_off           the RoPE table (accllm.sim.nonlinear.rope_table) of embed.onnx's inverse
                                    frequencies [D/2]; heads / kv_heads / D from the q, k
                                    linear shapes and the head Reshape; sinks / window from the Λ mask's Less
@@ -206,6 +207,8 @@ def _dims(emb: pat.EmbedMatch, layers: list, head: pat.HeadMatch) -> Dims:
     group = _one({k: (lin.group, f"{lin.weight_node!r} (Quant)") for k, lin in lins.items()}, "weight group size", why)
     sparse = _one({k: (lin.masked, f"{lin.weight_node!r} (Quant)") for k, lin in lins.items()},
                   "2:4 weight mask present", why)
+    wbits = _one({k: (lin.wbits, f"{lin.weight_node!r} (Quant)") for k, lin in lins.items()},
+                 "weight code width", "the engine image has one stream format for the decoder linears")
     norms = {f"{m.file} {b.kind}": (b.norm["eps"], f"{b.norm['node']!r} (Mul)") for m in layers for b in m.blocks}
     norms[head.file] = (head.norm["eps"], f"{head.norm['node']!r} (Mul)")
     eps = _one(norms, "RMSNorm eps", why)
@@ -225,14 +228,15 @@ def _dims(emb: pat.EmbedMatch, layers: list, head: pat.HeadMatch) -> Dims:
                                f"{head.norm['weight'].shape} do not fit a vocabulary of {vocab} and {hidden} channels")
     return Dims(vocab=vocab, hidden=hidden, layers=len(layers), heads=heads[0], kv_heads=heads[1], head_dim=heads[2],
                 intermediate=layers[0].block("mlp").linears["gate_proj"].shape[0], eps=eps, group=group, sinks=sinks,
-                window=window, sink_rotation=positions == "cache", sparse=sparse)
+                window=window, sink_rotation=positions == "cache", sparse=sparse, wbits=wbits)
 
 
 def _linear_ints(file: str, lin: pat.Linear, dims: Dims) -> LinearInts:
-    out = LinearInts(torch.from_numpy(lin.codes), torch.from_numpy(lin.zeros), torch.from_numpy(lin.scales))
+    out = LinearInts(torch.from_numpy(lin.codes), torch.from_numpy(lin.zeros), torch.from_numpy(lin.scales),
+                     wbits=lin.wbits)
     if dims.sparse:
         try:
-            vals, pos = core.sparse_from_dense(out.codes, out.zeros, dims.group)
+            vals, pos = core.sparse_from_dense(out.codes, out.zeros, dims.group, lin.wbits)
         except ValueError as e:
             raise pat.GraphRefused(f"{file}: node {lin.weight_node!r} (Quant): {e}") from None
         out.vals, out.pos = vals.to(torch.uint8), pos.to(torch.uint8)  # codes and positions fit a byte
@@ -295,6 +299,8 @@ def build_program(w: GoldenWeights, lanes: int, order: list | None = None,
         offs = {}
         for name in LINEARS:
             lin = layer_linears[name]
+            if lin.wbits != d.wbits:
+                raise ValueError(f"layer {i} {name}: {lin.wbits}-bit codes, the model's decoder linears are {d.wbits}-bit")
             offs[name] = (bw.add(f"layers.{i}.{name}.stream", blobfmt.pack_linear_stream(lin, d.group, lanes, d.sparse)),
                           i * len(LINEARS) + LINEARS.index(name))  # its index in the engine image
         n_in = bw.add(f"layers.{i}.input_norm", layer_norms[0].numpy().astype(np.float32))
@@ -304,7 +310,7 @@ def build_program(w: GoldenWeights, lanes: int, order: list | None = None,
             src, dst, act = io[name]
             n, k = d.linear_shape(name)
             return P.linear(mode, i, src, dst, offs[name][0], offs[name][1], n, k,
-                            tr[act] if act else P.NONE, tr[acc_field[name]])
+                            tr[act] if act else P.NONE, tr[acc_field[name]], wbits=d.wbits)
 
         for kind in kinds:
             if kind == "attention":

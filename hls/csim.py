@@ -73,7 +73,7 @@ def build_library(hls_dir, core=None, verbose: bool = False) -> Path:
     hls_dir = Path(hls_dir)
     verify_project(hls_dir)
     name = "c" if core is None else core.name
-    defines = list(getattr(core, "defines", ()))  # e.g. the engine co-simulation's seam (ACCLLM_ENGINE_LINEAR)
+    defines = list(getattr(core, "defines", ()))  # e.g. the engine co-simulation's streams (ACCLLM_ENGINE_STREAM)
     h = hashlib.sha256(" ".join(CXXFLAGS + [name] + defines).encode())
     for f in project_files(hls_dir):
         h.update(f.name.encode() + f.read_bytes())
@@ -116,16 +116,17 @@ def record_library(tmp: Path, lib: Path) -> None:
 
 
 class CSim:
-    """The engine in C-simulation: ``step(token)`` runs the program once (one token) and returns logits."""
+    """The engine in C-simulation: every run is one call of the kernel top ``accllm_top`` over a run of tokens
+    (``step``: one token, decode; ``prefill``: a prompt in blocks of :attr:`prefill_block`)."""
 
     def __init__(self, build_dir, core=None):
         build_dir = Path(build_dir)
         self.meta, self.instrs, program, _, payload = prog.read_compiled(build_dir)
         self.lib = ctypes.CDLL(str(build_library(build_dir / "hls", core)))
-        self.lib.accllm_csim_step.restype = ctypes.c_int
         self.lib.accllm_csim_trace_size.restype = ctypes.c_uint
         self.lib.accllm_csim_prefill.restype = ctypes.c_int
         self.lib.accllm_csim_prefill_block.restype = ctypes.c_uint
+        self.lib.accllm_csim_max_tokens.restype = ctypes.c_uint
         self.lib.accllm_csim_topk.restype = ctypes.c_uint
         self.lib.accllm_csim_weight_bytes.restype = ctypes.c_ulonglong
         d = self.meta["dims"]
@@ -133,6 +134,7 @@ class CSim:
         self.trace_size = int(self.lib.accllm_csim_trace_size())
         if self.trace_size != self.meta["trace"]["_size"]:
             raise ValueError("C-simulation library and program disagree on the trace layout; recompile")
+        self.max_tokens = int(self.lib.accllm_csim_max_tokens())  # tokens one kernel run takes at most
         self._program = np.frombuffer(program, np.uint8).copy()
         self._blob = np.frombuffer(payload, np.uint8).copy()
         self.kv = np.zeros(self.meta["kv_bytes"], np.uint8)
@@ -153,39 +155,57 @@ class CSim:
         """The last run's on-chip top-K: (ids int64 [K], logits float32 [K]), logit descending, ties lower id first."""
         return self._top[:self.topk].astype(np.int64), self._top[self.topk:].view(np.float32).copy()
 
-    def step(self, token: int, trace: bool = False, logits: bool = True) -> np.ndarray | None:
-        """One token; returns its logits (``logits``; else None: only :attr:`top` is written)."""
-        if not 0 <= token < self.vocab:
-            raise ValueError(f"token id {token} outside the vocabulary [0, {self.vocab})")
-        if trace:
-            self.trace[:] = 0
-        p = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
-        self.lib.accllm_csim_step(p(self._program), ctypes.c_uint(len(self.instrs)), p(self._blob),
-                                  ctypes.c_ulonglong(self._blob.nbytes), p(self.kv), ctypes.c_uint(token),
-                                  ctypes.c_uint(self.pos), p(self._top), p(self.logits), ctypes.c_uint(int(logits)),
-                                  p(self.trace), ctypes.c_uint(int(trace)))
-        self.pos += 1
-        return self.logits.copy() if logits else None
-
-    def prefill(self, tokens, trace: bool = False, logits: bool = True) -> np.ndarray | None:
-        """Run ``tokens`` at the next stream positions in the engine's prefill mode (blocks of
-        :attr:`prefill_block` tokens, one weight pass each); returns the last token's logits. With ``trace``,
-        :meth:`prefill_trace` gives each token's integer trace."""
+    def _ids(self, tokens) -> np.ndarray:
         ids = np.asarray(list(tokens), dtype=np.int64)
         if ids.size == 0:
             raise ValueError("empty prompt: give at least one token")
         bad = ids[(ids < 0) | (ids >= self.vocab)]
         if bad.size:
             raise ValueError(f"token id {int(bad[0])} outside the vocabulary [0, {self.vocab})")
-        ids = ids.astype(np.uint32)
-        self.block_trace = np.zeros(len(ids) * self.layers * self.trace_size + self.head_trace_size if trace else 1,
-                                    np.int32)
+        return ids.astype(np.uint32)
+
+    def run(self, ids: np.ndarray, trace: np.ndarray, trace_en: bool, logits: bool) -> None:
+        """One kernel run over ``ids`` (uint32, 1..:attr:`max_tokens`) at the next stream positions; ``trace``:
+        int32 room for their traces and the LM head's region (written when ``trace_en``)."""
+        if not 1 <= len(ids) <= self.max_tokens:
+            raise ValueError(f"a kernel run takes 1..{self.max_tokens} tokens, got {len(ids)}")
+        need = len(ids) * self.layers * self.trace_size + self.head_trace_size
+        if trace_en and (trace.dtype != np.int32 or not trace.flags.c_contiguous or trace.size < need):
+            raise ValueError(f"a traced run of {len(ids)} tokens needs a contiguous int32 trace of {need} values")
         p = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
-        self.lib.accllm_csim_prefill(p(self._program), ctypes.c_uint(len(self.instrs)), p(self._blob),
-                                     ctypes.c_ulonglong(self._blob.nbytes), p(self.kv), p(ids), ctypes.c_uint(len(ids)),
-                                     ctypes.c_uint(self.pos), p(self._top), p(self.logits), ctypes.c_uint(int(logits)),
-                                     p(self.block_trace), ctypes.c_uint(int(trace)))
+        ids = np.ascontiguousarray(ids, dtype=np.uint32)
+        rc = self.lib.accllm_csim_prefill(p(self._program), ctypes.c_uint(len(self.instrs)), p(self._blob),
+                                          ctypes.c_ulonglong(self._blob.nbytes), p(self.kv), p(ids),
+                                          ctypes.c_uint(len(ids)), ctypes.c_uint(self.pos), p(self._top),
+                                          p(self.logits), ctypes.c_uint(int(logits)), p(trace),
+                                          ctypes.c_uint(int(trace_en)))
+        if rc:
+            raise RuntimeError(f"the kernel refused a run of {len(ids)} tokens (it takes 1..{self.max_tokens})")
         self.pos += len(ids)
+
+    def step(self, token: int, trace: bool = False, logits: bool = True) -> np.ndarray | None:
+        """One token (decode); returns its logits (``logits``; else None: only :attr:`top` is written)."""
+        ids = self._ids([token])
+        if trace:
+            self.trace[:] = 0
+        self.run(ids, self.trace, trace, logits)
+        return self.logits.copy() if logits else None
+
+    def prefill(self, tokens, trace: bool = False, logits: bool = True) -> np.ndarray | None:
+        """Run ``tokens`` at the next stream positions in the engine's prefill mode (blocks of
+        :attr:`prefill_block` tokens, one weight pass each; a prompt longer than :attr:`max_tokens` in several
+        kernel runs); returns the last token's logits. With ``trace``, :meth:`prefill_trace` gives each token's
+        integer trace."""
+        ids = self._ids(tokens)
+        stride = self.layers * self.trace_size
+        self.block_trace = np.zeros(len(ids) * stride + self.head_trace_size if trace else 1, np.int32)
+        for t0 in range(0, len(ids), self.max_tokens):
+            last = t0 + self.max_tokens >= len(ids)
+            self.run(ids[t0:t0 + self.max_tokens], self.block_trace[t0 * stride:] if trace else self.block_trace,
+                     trace, logits and last)
+            if trace and not last:  # its LM head region lies where the next run's token traces go: cleared for them
+                end = (t0 + self.max_tokens) * stride  # (a token's trace leaves the slots it does not attend at 0)
+                self.block_trace[end:end + self.head_trace_size] = 0
         return self.logits.copy() if logits else None
 
     def prefill_trace(self, token: int, layer: int) -> np.ndarray:

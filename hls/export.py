@@ -5,8 +5,9 @@ group-wise weights (its weight handler asserts per-tensor/per-channel shapes) an
 activations (int8 linear inputs, Q and P; 4-bit K and V). :class:`AccllmQONNXManager` is Brevitas'
 ``QONNXManager`` with two extra handlers that emit standard QONNX ``Quant`` nodes for them:
 
-- group-wise weight ``W [N, K]``: ``Reshape -> Quant(scale [N, K/G, 1], zero point [N, K/G, 1], 2 bits,
-  unsigned) -> Reshape``;
+- group-wise weight ``W [N, K]``: ``Reshape -> Quant(scale [N, K/G, 1], zero point [N, K/G, 1], 2 or 4
+  bits, unsigned) -> Reshape``; 2:4 pruned weights are exact zeros in ``W`` (no mask tensor; ``Quant(0) = 0``) and the
+  layer graph's metadata ``accllm_sparsity`` says ``2:4``;
 - dynamic activation: Brevitas' own scale / zero-point computation (traced: Abs, ReduceMax, Clip, Div,
   ...) feeding the ``scale`` and ``zeropt`` inputs of a ``Quant`` node.
 
@@ -26,6 +27,7 @@ The Λ KV cache is state held across calls, which ONNX does not model, so the mo
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -35,6 +37,9 @@ LAYER_FILE = "layer{:02d}.onnx"
 EMBED_FILE, HEAD_FILE = "embed.onnx", "lm_head.onnx"
 MANIFEST = "model.json"
 EXPORT_FORMAT = "accllm-onnx-v2"
+# Layer-graph metadata naming the weights' sparsity ("2:4"): the graph holds pruned weights as exact zeros, and the
+# compiler runs the engine's SPARSE mode only where this says so (and the codes are 2:4).
+SPARSITY_META = "accllm_sparsity"
 
 
 def _manager():
@@ -165,9 +170,11 @@ def export_model(model, out_dir, tokens: int = 16, progress: bool = True, layers
         for i, layer in enumerate(tqdm(layers, desc="export", disable=not progress)):
             path = out_dir / LAYER_FILE.format(i)
             _check_graph_size(layer, path.name)
-            graph = layer_manager.export(DecoderLayerGraph(layer), args=args, export_path=None, dynamo=False,
-                                         input_names=["hidden", "cos", "sin", "position_ids"], output_names=["out"])
-            _save_graph(graph, path, dict(props, accllm_layer=str(i)))
+            with _pruned_as_zeros(layer) as sparse:
+                graph = layer_manager.export(DecoderLayerGraph(layer), args=args, export_path=None, dynamo=False,
+                                             input_names=["hidden", "cos", "sin", "position_ids"],
+                                             output_names=["out"])
+            _save_graph(graph, path, dict(props, accllm_layer=str(i), **({SPARSITY_META: "2:4"} if sparse else {})))
             del graph, layer
             files.append(path.name)
         # the head is a quantised linear like the layers' (int8 input, group-wise 4-bit weights): Quant nodes too
@@ -210,14 +217,41 @@ _PROTOBUF_LIMIT = 2**31 - 1
 
 
 def _check_graph_size(layer, name: str) -> None:
-    """A layer graph holds each weight as an fp32 initializer (and an fp32 2:4 mask beside it); one ONNX graph
-    cannot exceed protobuf's 2 GiB, so a layer that would is refused before the export spends its time."""
+    """A layer graph holds each weight as an fp32 initializer (2:4 pruned ones as zeros, no mask tensor); one ONNX
+    graph cannot exceed protobuf's 2 GiB, so a layer that would is refused before the export spends its time."""
     weights = sum(p.numel() for p in layer.parameters()) * 4
-    masks = sum(b.numel() for n, b in layer.named_buffers() if n.endswith("sparse_mask")) * 4
-    if weights + masks > _PROTOBUF_LIMIT:
-        raise ValueError(f"{name}: the layer graph would hold {(weights + masks) / 2**30:.2f} GiB of fp32 weights"
-                         f"{' and 2:4 masks' if masks else ''}, over protobuf's 2 GiB limit for one ONNX graph"
-                         f"{'; a dense (--sparsity none) checkpoint halves it' if masks else ''}")
+    if weights > _PROTOBUF_LIMIT:
+        raise ValueError(f"{name}: the layer graph would hold {weights / 2**30:.2f} GiB of fp32 weights, over "
+                         "protobuf's 2 GiB limit for one ONNX graph")
+
+
+@contextmanager
+def _pruned_as_zeros(layer):
+    """Export a 2:4 layer's weights with the pruned ones as exact zeros and no mask: QONNX ``Quant(0) = 0`` (the
+    zero point is an integer, the scale and zero point are parameters), so ``Quant(W * mask)`` is the layer's
+    ``Quant(W) * mask`` and the graph stays at 4 bytes a weight (an fp32 mask beside it doubled that: a Llama-2-7B
+    layer went over protobuf's 2 GiB). The layer is given back as it was; yields whether it had masks."""
+    held = []
+    try:
+        for mod in layer.modules():
+            mask = mod._buffers.get("sparse_mask")
+            if mask is None:
+                continue
+            del mod._buffers["sparse_mask"]  # the quantised linear multiplies by its mask only while it has one
+            w = mod.weight.data
+            pruned = ~mask.to(device=w.device, dtype=torch.bool)
+            pruned &= w != 0  # pruning zeroes them already; training may not have
+            if not pruned.any():
+                pruned = None
+            held.append((mod, mask, pruned, None if pruned is None else w[pruned].clone()))
+            if pruned is not None:
+                w[pruned] = 0
+        yield bool(held)
+    finally:
+        for mod, mask, pruned, values in held:
+            if pruned is not None:
+                mod.weight.data[pruned] = values
+            mod.register_buffer("sparse_mask", mask, persistent=False)
 
 
 def _save_graph(m, path: Path, props: dict) -> None:

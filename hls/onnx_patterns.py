@@ -11,6 +11,7 @@ pattern             graph form (identity ``Cast`` nodes are transparent)
 residual            ``Add(stream, block(stream))``
 RMSNorm             ``Mul(Mul(x, Div(1, Sqrt(Add(ReduceMean(Pow(x, 2), [-1]), eps)))), weight[H])``
 quantised linear    ``MatMul(Quant_int8(x), Transpose(Slice(Flatten(Mul?(Quant_w(W[N,K/G,G], s, z, bits), mask)))))``
+                    (2:4: the mask, or pruned weights as zeros in ``W`` and metadata ``accllm_sparsity`` ``2:4``)
                     with the activation ``Quant``'s scale computed from ``x`` by Brevitas' per-row statistics
 RoPE                ``Add(Mul(x, Unsqueeze(cos)), Mul(Concat(Neg(Slice(x, D/2:D)), Slice(x, 0:D/2)), Unsqueeze(sin)))``
                     on ``x = Transpose(Reshape(linear, [1, T, -1, D]))``
@@ -32,9 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
+from accllm.hls.export import SPARSITY_META
 from accllm.sim.weight_stream import HEAD_WBITS
+from accllm.sim.weight_stream import WEIGHT_BITS  # decoder linears' code widths (2 or 4, one per model)
 
-WEIGHT_BITS, ACT_BITS, KV_BITS = 2, 8, 4  # what the integer core takes
+ACT_BITS, KV_BITS = 8, 4  # what the integer core takes
 HEAD_BITS = HEAD_WBITS  # the LM head's weights: the core's W4 mode
 
 
@@ -360,14 +363,16 @@ class Linear:
     scales: np.ndarray  # float32 [N, K/G]
     group: int
     masked: bool
+    wbits: int = 2  # code width (the Quant node's bit width)
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.codes.shape
 
 
-def linear(v: View, t: str, wbits: int = WEIGHT_BITS, unit: str = "quantised linear") -> Linear:
-    """The quantised linear whose MatMul produces ``t``; its weights must be unsigned ``wbits``-bit codes."""
+def linear(v: View, t: str, wbits: int | tuple = WEIGHT_BITS, unit: str = "quantised linear") -> Linear:
+    """The quantised linear whose MatMul produces ``t``; its weights must be unsigned ``wbits``-bit codes (one of
+    ``wbits`` when a tuple)."""
     from qonnx.custom_op.general.quant import quant as qonnx_quant
 
     mm = v.producer.get(v.canon(t)[0])
@@ -384,9 +389,10 @@ def linear(v: View, t: str, wbits: int = WEIGHT_BITS, unit: str = "quantised lin
         v.claimed.setdefault(n.name, unit)
     wq = v.producer[b["wq"]]
     bits = int(np.asarray(b["w_bits"]).reshape(-1)[0])
-    if bits != wbits or _attr(wq, "signed") != 0 or _attr(wq, "narrow") != 0:
+    allowed = (wbits,) if isinstance(wbits, int) else tuple(wbits)
+    if bits not in allowed or _attr(wq, "signed") != 0 or _attr(wq, "narrow") != 0:
         v.refuse(wq, f"{bits}-bit {'signed' if _attr(wq, 'signed') else 'unsigned'} weights: the engine's cores "
-                     f"take unsigned {wbits}-bit weights with a zero point for the {unit}")
+                     f"take unsigned {' or '.join(map(str, allowed))}-bit weights with a zero point for the {unit}")
     w, scale, zp = b["w"], b["w_scale"], b["w_zero"]
     if w.ndim != 3 or scale.shape != (w.shape[0], w.shape[1], 1) or zp.shape != scale.shape:
         v.refuse(wq, f"weight/scale/zero point shapes {w.shape}/{scale.shape}/{zp.shape} are not group-wise "
@@ -401,6 +407,9 @@ def linear(v: View, t: str, wbits: int = WEIGHT_BITS, unit: str = "quantised lin
         if mask.shape != w.shape or not np.isin(mask, (0.0, 1.0)).all():
             v.refuse(wq, "the weight mask must be 0/1 per weight")
         deq = deq * mask
+    sparsity = v.meta.get(SPARSITY_META)  # the export's 2:4 form: pruned weights are zeros in W, no mask
+    if sparsity not in (None, "2:4"):
+        v.refuse(wq, f"metadata {SPARSITY_META}={sparsity!r}: the engine's sparse mode is 2:4")
     codes = np.rint(deq / scale + zp)
     if codes.min() < 0 or codes.max() > 255:
         v.refuse(wq, f"weight codes in [{codes.min():g}, {codes.max():g}] do not fit 8 bits")
@@ -409,7 +418,7 @@ def linear(v: View, t: str, wbits: int = WEIGHT_BITS, unit: str = "quantised lin
     if not np.array_equal(zeros, zp.reshape(n_out, ng)):
         v.refuse(wq, "zero points must be integers")
     return Linear(mm.name, wq.name, a["x"], mm.output[0], codes, zeros, scale.reshape(n_out, ng).astype(np.float32),
-                  g, "mask" in b)
+                  g, "mask" in b or sparsity == "2:4", bits)
 
 
 _INV_RMS = Op("Div", (C(1.0), Op("Sqrt", (Op("Add", (
@@ -423,7 +432,7 @@ def rmsnorm(v: View, t: str, unit: str = "RMSNorm") -> dict:
     if w.ndim != 1:
         v.refuse(v.producer[v.canon(t)[0]], f"RMSNorm weight of shape {w.shape}, expected one value per channel")
     # eps is stored as float32; its shortest decimal is the value the model was configured with
-    eps = float(repr(np.float32(np.asarray(b["eps"]).reshape(-1)[0])))
+    eps = float(str(np.float32(np.asarray(b["eps"]).reshape(-1)[0])))  # str: numpy 2 repr names the type
     return {"x": b["x"], "weight": w, "eps": eps, "out": t, "node": v.producer[v.canon(t)[0]].name}
 
 

@@ -38,6 +38,7 @@ import struct
 from dataclasses import dataclass
 
 from accllm.hls import container
+from accllm.sim.engine_regs import WBITS, mode_byte, split_mode  # noqa: F401  (the one definition)
 
 MAGIC = b"ACLPROG\0"
 VERSION = 2  # v2: ATTENTION points at the RoPE table; LINEAR / LMHEAD mode byte = mode | wbits << 4 (contract 1)
@@ -50,19 +51,6 @@ BUF_X, BUF_H, BUF_Q, BUF_K, BUF_V, BUF_O, BUF_G, BUF_U, BUF_Y = range(9)
 BUF_NAMES = ["X", "H", "Q", "K", "V", "O", "G", "U", "Y"]
 
 
-WBITS = (2, 4)  # weight code widths of LINEAR / LMHEAD (accllm.sim.weight_stream.WEIGHT_BITS)
-
-
-def mode_byte(mode: int, wbits: int) -> int:
-    """The instruction's mode byte for LINEAR / LMHEAD: the core mode in the low nibble, the code width above."""
-    if not 0 <= mode < 16 or wbits not in WBITS:
-        raise ValueError(f"mode {mode} / weight code width {wbits} do not fit the mode byte (wbits in {WBITS})")
-    return mode | wbits << 4
-
-
-def split_mode(byte: int) -> tuple[int, int]:
-    """Inverse of :func:`mode_byte`: ``(mode, wbits)``."""
-    return byte & 15, byte >> 4
 
 
 @dataclass

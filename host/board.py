@@ -13,6 +13,8 @@ BACKEND_FLOW = {"pynq": "vivado", "xrt": "vitis"}
 def choose_bitstream(manifest, image, name: str | None = None, board: str | None = None, flow: str | None = None):
     """The manifest entry to load: ``name`` if given, else the one built entry (for ``board``, of ``flow``)
     whose engine parameters and formats match the program."""
+    from accllm.bitstreams.manifest import engine_problems
+
     if name is not None:
         return manifest.entry(name)
     h = image.header
@@ -21,7 +23,7 @@ def choose_bitstream(manifest, image, name: str | None = None, board: str | None
         return (e.built and (board is None or e.board.lower() == board.lower()) and (flow is None or e.flow == flow)
                 and e.program_format == _get(h, "program_format") and e.blob_format == _get(h, "blob_format")
                 and e.engine.lanes == _get(h, "lanes") and e.engine.group == _get(h, "group")
-                and e.dims == _get(h, "dims"))
+                and e.dims == _get(h, "dims") and not engine_problems(e, h))
 
     matches = [e for e in manifest.bitstreams if fits(e)]
     if len(matches) != 1:
@@ -61,12 +63,15 @@ def open_kernel(backend: str, image, bitstream: str | None = None, manifest: str
     if backend == "xrt":
         from .xrt import XrtKernel
 
-        return XrtKernel(str(path), entry.kernel, [a.name for a in image.args])
-    from .mmio import PynqIO
+        return XrtKernel(str(path), entry.kernel, [a.name for a in image.args], engine=entry.engine_rtl)
+    from .mmio import PynqEngine, PynqIO
 
     io = PynqIO(path, entry.kernel)
     check_register_map(io.ip, image.args)
-    return RegisterKernel(io, image.args, protocol=FLOW_PROTOCOL[entry.flow], poll_s=1e-4)
+    port = RegisterKernel(io, image.args, protocol=FLOW_PROTOCOL[entry.flow], poll_s=1e-4)
+    if entry.engine_rtl is not None:  # the driver places the engine's regions before the first run
+        port.engine = PynqEngine(io, entry.engine_rtl.kernel)
+    return port
 
 
 def check_register_map(ip, args) -> None:

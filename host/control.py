@@ -32,14 +32,14 @@ FLOW_PROTOCOL = {"vivado": "ap_ctrl_hs", "vitis": "ap_ctrl_chain"}  # Vitis HLS 
 class RegisterKernel:
     """The kernel port on a register-level IO (``read``/``write``/``allocate``, optionally ``reload``)."""
 
+    engine = None  # the engine RTL's port beside the kernel (accllm.host.mmio.PynqEngine), set by open_kernel
+
     def __init__(self, io, args, protocol: str = "ap_ctrl_hs", poll_s: float = 0.0):
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown control protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
         self.io, self.protocol, self.poll_s = io, protocol, poll_s
         self.args = {a.name: a for a in args}
         self.done = False  # ap_done seen since the last start
-        # prefill entry of the IO (C-simulation: the kernel's block mode), or None: prompts run token by token
-        self.run_block = getattr(io, "run_block", None)
 
     def allocate(self, arg: str, nbytes: int):
         return self.io.allocate((nbytes,), np.uint8)

@@ -9,43 +9,26 @@ from .mmio import SimIO
 
 
 def library_step(library):
-    """One kernel run of a built C-simulation library as ``step(arrays, scalars)``: device arrays (numpy) and
-    scalar argument values by kernel argument name. Needs only ctypes (a board-side fake device uses it too)."""
+    """One run of the kernel top of a built C-simulation library as ``step(arrays, scalars)``: device arrays
+    (numpy) and scalar argument values by the top's argument names (``tokens`` holds ``n_tokens`` uint32 ids).
+    Needs only ctypes (a board-side fake device uses it too)."""
     lib = ctypes.CDLL(str(library))
-    lib.accllm_csim_step.restype = ctypes.c_int
+    lib.accllm_csim_prefill.restype = ctypes.c_int
 
-    def step(arrays, scalars) -> None:
+    def step(arrays, scalars) -> int:
+        """0, or -1 when the kernel refused the run (n_tokens 0 or over its capacity)."""
         def ptr(name):
             return arrays[name].ctypes.data_as(ctypes.c_void_p)
 
         def u32(name):
             return ctypes.c_uint(int(scalars.get(name, 0)))
 
-        lib.accllm_csim_step(ptr("program"), u32("n_instr"), ptr("blob"), ctypes.c_ulonglong(arrays["blob"].nbytes),
-                             ptr("kv"), u32("token"), u32("pos"), ptr("topk"), ptr("logits"), u32("logits_en"),
-                             ptr("trace"), u32("trace_en"))
+        return lib.accllm_csim_prefill(ptr("program"), u32("n_instr"), ptr("blob"),
+                                       ctypes.c_ulonglong(arrays["blob"].nbytes), ptr("kv"), ptr("tokens"),
+                                       u32("n_tokens"), u32("pos"), ptr("topk"), ptr("logits"), u32("logits_en"),
+                                       ptr("trace"), u32("trace_en"))
 
     return step
-
-
-def library_prefill(library):
-    """The prefill entry of a built C-simulation library as ``prefill(arrays, scalars, tokens, pos)``: the prompt
-    in the kernel's block mode (one weight pass per block of tokens), logits of the last token."""
-    import numpy as np
-
-    lib = ctypes.CDLL(str(library))
-    lib.accllm_csim_prefill.restype = ctypes.c_int
-
-    def prefill(arrays, scalars, tokens, pos) -> None:
-        ids = np.ascontiguousarray(tokens, dtype=np.uint32)
-        ptr = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
-        lib.accllm_csim_prefill(ptr(arrays["program"]), ctypes.c_uint(int(scalars.get("n_instr", 0))),
-                                ptr(arrays["blob"]), ctypes.c_ulonglong(arrays["blob"].nbytes), ptr(arrays["kv"]),
-                                ptr(ids), ctypes.c_uint(len(ids)), ctypes.c_uint(int(pos)), ptr(arrays["topk"]),
-                                ptr(arrays["logits"]), ctypes.c_uint(int(scalars.get("logits_en", 1))),
-                                ptr(arrays["trace"]), ctypes.c_uint(0))
-
-    return prefill
 
 
 def csim_io(build, image, core: str = "c") -> SimIO:
@@ -58,8 +41,7 @@ def csim_io(build, image, core: str = "c") -> SimIO:
         from accllm.hw.rtl_native import build_wrapper
 
         linked = build_wrapper(*read_core_params(build.path / "hls"))
-    lib = build_library(build.path / "hls", linked)
-    step, prefill = library_step(lib), library_prefill(lib)
+    step = library_step(build_library(build.path / "hls", linked))
 
     def run_kernel(io: SimIO) -> None:
         arrays = {a.name: io.buffer_at(io.reg64(a.offset)) for a in image.args if a.pointer}
@@ -67,11 +49,4 @@ def csim_io(build, image, core: str = "c") -> SimIO:
         step(arrays, scalars)
         io.finish()
 
-    def run_block(tokens, pos) -> None:
-        arrays = {a.name: io.buffer_at(io.reg64(a.offset)) for a in image.args if a.pointer}
-        scalars = {a.name: io.regs.get(a.offset, 0) for a in image.args if not a.pointer}
-        prefill(arrays, scalars, tokens, pos)
-
-    io = SimIO(run_kernel)
-    io.run_block = run_block
-    return io
+    return SimIO(run_kernel)

@@ -7,10 +7,15 @@ Above a *kernel port* (:mod:`accllm.host.control`: register-level on PYNQ and in
 1. ``load``: the compiled program and weight blob are verified (format version and checksum, by the
    compiler's own readers) before anything is allocated or started; then the device buffers are allocated
    (each in the memory bank of its kernel argument), filled, synced to the device and bound to the kernel's
-   pointer arguments; the kernel must be idle before the first start.
-2. ``step(token)``: per engine run (one token), the scalar arguments (token id, stream position, KV slot,
-   occupied slots — from :class:`~accllm.host.kv.LambdaKVManager`) are set, the kernel is started and waited
-   for with a timeout (ap_done, and ap_continue where the protocol needs it), and the logits are synced back.
+   pointer arguments; the kernel must be idle before the first start. A bitstream with the engine RTL (the
+   port's ``engine``): its INFO / T registers are checked against the build's engine image first, then each
+   channel's region of ``weights.engine`` goes into a buffer in that channel's memory and its address into the
+   channel's REGION register; the HLS kernel then drives the engine by itself.
+2. ``run(ids)``: per kernel run (a prompt's tokens, or one token in decode) the token ids are written to the
+   kernel's tokens buffer and synced to the device, the scalar arguments (token count, first stream position —
+   from :class:`~accllm.host.kv.LambdaKVManager`) are set, the kernel is started and waited for with a timeout
+   (ap_done, and ap_continue where the protocol needs it), and the logits (or the top-K) are synced back.
+   ``prefill`` splits a prompt into runs of at most ``image.max_tokens``; ``step`` is a run of one token.
 3. ``recover``: after a timeout the driver refuses to start again until the kernel is idle: a late ap_done is
    waited for, else the kernel is reloaded (bitstream), its arguments bound again and ap_idle checked.
 
@@ -38,6 +43,10 @@ class DeviceNotIdle(RuntimeError):
     """The kernel is not idle where a start needs it to be (a hung run; reset the backend)."""
 
 
+class EngineMismatch(ValueError):
+    """The bitstream's engine RTL is not the engine this build's image was laid out for."""
+
+
 class EngineDriver:
     def __init__(self, kernel, image: EngineImage, timeout_s: float = 10.0, grace_s: float = 1.0):
         if timeout_s <= 0:
@@ -49,13 +58,26 @@ class EngineDriver:
             raise ValueError(f"the kernel has no argument(s) {missing}; it has {sorted(names)}")
         if image.kv_arg not in image.buffers:
             raise ValueError(f"the image names {image.kv_arg!r} as the KV cache but lists no such buffer")
+        if image.tokens_arg is None and image.max_tokens != 1:
+            raise ValueError(f"a kernel without a tokens buffer takes one token per run, not {image.max_tokens}")
+        if image.tokens_arg is not None and int(image.buffers.get(image.tokens_arg, 0)) < 4 * image.max_tokens:
+            raise ValueError(f"the tokens buffer {image.tokens_arg!r} must hold {image.max_tokens} uint32 ids")
         self.buffers: dict[str, object] = {}
+        self.engine_buffers: list = []  # channel ch's region of weights.engine, for a bitstream with the engine RTL
         self.kv: LambdaKVManager | None = None
         self.runs = 0
         self.fault: str | None = None  # why the kernel cannot be started until recover()
 
+    @property
+    def engine(self):
+        """The kernel port's engine RTL port (``allocate(ch, nbytes)``, ``read`` / ``write`` of its registers), or
+        None: a bitstream whose HLS kernel computes every linear itself (and the simulations)."""
+        return getattr(self.kernel, "engine", None)
+
     def load(self) -> None:
         img = self.image
+        if self.engine is not None:
+            self._check_engine()  # a wrong bitstream is refused before anything is allocated
         for name, init in img.buffers.items():
             if name == img.kv_arg:
                 self.kv = LambdaKVManager(img.layout, lambda shape, dtype: self.kernel.allocate(name, shape[0]))
@@ -66,13 +88,57 @@ class EngineDriver:
                 if data is not None:
                     buf[:] = data
             self.buffers[name] = buf
+        if self.engine is not None:
+            self._load_engine()
         self._upload()
         if not self.kernel.idle():
             self.fault = "the kernel was not idle before the first start"
             raise DeviceNotIdle(f"{self.fault} (another process may be driving it, or it hung); reset the device")
 
+    def _check_engine(self) -> None:
+        """The engine's INFO / T registers against the build's engine image (``accllm.sim.engine_regs.IDENTITY``)."""
+        from accllm.sim.engine_regs import INFO, T, identity, read_identity
+
+        if self.image.engine is None:
+            raise EngineMismatch("wrong bitstream for this build: it carries the engine RTL, the build has no engine "
+                                 "image (weights.engine, blob_map.json); recompile or load a bitstream of this build")
+        have = read_identity(self.engine.read(INFO), self.engine.read(T))
+        need = identity(self.image.engine.params)
+        diff = [k for k in need if have[k] != need[k]]
+        if diff:
+            raise EngineMismatch("wrong bitstream for this build: its engine reports " + ", ".join(
+                f"{k} {have[k]}" for k in diff) + "; the build's weights.engine needs " + ", ".join(
+                f"{k} {need[k]}" for k in diff))
+
+    def _load_engine(self) -> None:
+        """Each channel's region of weights.engine (verified) into a buffer in that channel's memory, synced."""
+        regions = self.image.engine
+        regions.verify()
+        for ch in range(regions.channels):
+            buf = self.engine.allocate(ch, regions.sizes[ch])
+            buf[:] = regions.region(ch)
+            buf.sync_to_device()
+            self.engine_buffers.append(buf)
+
+    def _place_engine(self) -> None:
+        """Every channel's REGION register: its buffer's device address (read back: a register that does not hold
+        it is a wrong bitstream or a broken link)."""
+        from accllm.sim.engine_regs import region_reg, region_writes
+
+        addrs = [int(b.device_address) for b in self.engine_buffers]
+        for off, value in region_writes(addrs):
+            self.engine.write(off, value)
+        for ch, a in enumerate(addrs):
+            got = self.engine.read(region_reg(ch)) | self.engine.read(region_reg(ch) + 4) << 32
+            if got != a:
+                raise EngineMismatch(f"engine channel {ch}: REGION reads {got:#x} after writing {a:#x}; the engine's "
+                                     "registers are not where this build expects them (wrong bitstream?)")
+
     def _upload(self) -> None:
-        """Buffers to the device and bound to their arguments, constant scalars set."""
+        """The engine's regions placed (REGION registers), buffers to the device and bound to their arguments,
+        constant scalars set."""
+        if self.engine_buffers:
+            self._place_engine()  # again after a reload: a reprogrammed engine starts with REGION 0
         for name, buf in self.buffers.items():
             buf.sync_to_device()
             self.kernel.set_buffer(name, buf)
@@ -124,43 +190,64 @@ class EngineDriver:
             self.fault = f"the kernel was busy before run {self.runs}"
             raise DeviceNotIdle(f"{self.fault}; reset the backend before the next run")
 
-    def step(self, token: int, logits: bool = True) -> np.ndarray | None:
-        """One engine run: the token at the next stream position; returns float32 logits [vocab] (``logits``; else
-        the kernel writes only its top-K, :meth:`top`, and this returns None)."""
-        self._check_ready([token])
+    def run(self, ids: list[int], logits: bool = True) -> np.ndarray | None:
+        """One kernel run: ``ids`` (1 .. ``image.max_tokens`` tokens) at the next stream positions, in the kernel's
+        blocks (one weight pass per block; decode: one token, matrix-vector). Returns the last token's float32
+        logits [vocab] (``logits``; else None: the kernel writes only its top-K, :meth:`top`)."""
+        img = self.image
+        if not 1 <= len(ids) <= img.max_tokens:
+            raise ValueError(f"a kernel run takes 1..{img.max_tokens} tokens (its tokens buffer), got {len(ids)}")
+        self._check_ready(ids)
         s = self.kv.next_step()
-        values = {"token": token, "pos": s.pos, "slot": s.slot, "occupied": s.occupied}
-        for name, what in self.image.scalars.items():
+        values = {"n_tokens": len(ids), "pos": s.pos, "token": ids[0], "slot": s.slot, "occupied": s.occupied}
+        if img.tokens_arg is not None:
+            buf = self.buffers[img.tokens_arg]
+            buf[: 4 * len(ids)] = np.asarray(ids, dtype="<u4").view(np.uint8)
+            buf.sync_to_device()
+        for name, what in img.scalars.items():
             self.kernel.set_scalar(name, values[what])
         self._set_logits_en(logits)
         self.kernel.start()
-        if not self.kernel.wait(self.timeout_s):
+        timeout = self.timeout_s * -(-len(ids) // img.block)  # timeout_s per weight pass
+        if not self.kernel.wait(timeout):
             self.fault = f"run {self.runs} timed out"
-            raise DeviceTimeout(f"the kernel did not signal ap_done within {self.timeout_s:g} s "
-                                f"(run {self.runs}, stream position {self.kv.pos}); the device may be hung")
-        self.kv.advance()
-        self.runs += 1
-        out = self._logits_out(logits)
-        return out if logits else None
-
-    def prefill(self, tokens, logits: bool = True) -> np.ndarray | None:
-        """A prompt in the kernel's prefill mode (blocks of tokens, one weight pass each) where the kernel port has
-        one (``run_block``), else token by token; returns the last token's float32 logits [vocab] (``logits``; else
-        None, and :meth:`top` has its top-K)."""
-        ids = [int(t) for t in tokens]
-        run_block = getattr(self.kernel, "run_block", None)
-        if run_block is None or len(ids) == 1:
-            for t in ids:
-                out = self.step(t, logits)
-            return out
-        self._check_ready(ids)
-        self._set_logits_en(logits)
-        run_block(ids, self.kv.next_step().pos)
+            raise DeviceTimeout(f"the kernel did not signal ap_done within {timeout:g} s (run {self.runs} of "
+                                f"{len(ids)} token(s), stream position {self.kv.pos}); the device may be hung")
+        self._check_accepted(len(ids))
         for _ in ids:
             self.kv.advance()
         self.runs += 1
         out = self._logits_out(logits)
         return out if logits else None
+
+    def _check_accepted(self, n: int) -> None:
+        """A kernel with a tokens port marks a run it refused (n_tokens 0 or over its capacity) by top-K ids of
+        0xFFFFFFFF; the driver never sends one, so this is a kernel built with another capacity."""
+        if self.image.tokens_arg is None or not self.topk:
+            return
+        buf = self.buffers["topk"]
+        buf.sync_from_device()
+        if bytes(buf[:4]) == b"\xff\xff\xff\xff":
+            self.fault = f"the kernel refused run {self.runs}"
+            raise RuntimeError(f"the kernel refused a run of {n} tokens: it takes fewer per run than this program's "
+                               f"{self.image.max_tokens} (a bitstream of another build?); rebuild it from this one")
+
+    def step(self, token: int, logits: bool = True) -> np.ndarray | None:
+        """One token at the next stream position (decode): a run of one token."""
+        return self.run([int(token)], logits)
+
+    def prefill(self, tokens, logits: bool = True) -> np.ndarray | None:
+        """A prompt in as few kernel runs as the kernel takes (``image.max_tokens`` tokens each, in blocks of one
+        weight pass); returns the last token's float32 logits [vocab] (``logits``; else None, and :meth:`top` has
+        its top-K)."""
+        ids = [int(t) for t in tokens]
+        if not ids:
+            raise ValueError("empty prompt: give at least one token")
+        self._check_ready(ids)
+        cap = self.image.max_tokens
+        for t0 in range(0, len(ids), cap):
+            out = self.run(ids[t0:t0 + cap], logits and t0 + cap >= len(ids))
+        return out
 
     def recover(self) -> None:
         """Make the kernel usable after a timeout: wait for a late ap_done, else reload it; then bind the

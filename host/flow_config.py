@@ -2,10 +2,12 @@
 cannot work, refused when the file is loaded with a message naming the key."""
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field, field_validator, model_validator
 
 from .flow_steps import STEP_NAMES
 
@@ -77,9 +79,17 @@ class Evaluation(_Strict):
     perplexity_tokens: int = Field(2048, ge=0)
 
 
+# What an existing checkpoint fixes: the compression keys the engine runs, which the flow must agree with. The other
+# compression keys say how a checkpoint is made and are not read with `checkpoint:` (the compress step records the
+# checkpoint's own settings).
+CHECKPOINT_FIXES = ("sparsity", "weight_bits", "group_size", "act_bits", "kv_bits", "lambda_attention", "sinks",
+                    "window", "positions")
+
+
 class FlowConfig(_Strict):
     name: str = "flow"
     model: str = "bundled"
+    checkpoint: str | None = None  # a compressed checkpoint folder: the compress step takes it instead of compressing
     compression: Compression = Field(default_factory=Compression)
     engine: Engine = Field(default_factory=Engine)
     board: str = "kv260"
@@ -115,21 +125,54 @@ class FlowConfig(_Strict):
             c.settings()
         except ValueError as err:
             raise ValueError(f"compression: {err}") from None
+        if self.checkpoint is not None:
+            self._checkpoint_agrees()
         if set(self.steps) - {"compress"} or "compress" in self.verify:
             self._engine_can_run()
         return self
 
+    def _checkpoint_agrees(self) -> None:
+        """The checkpoint's compression.json against the flow's compression section (the CHECKPOINT_FIXES keys)."""
+        from accllm.quant.checkpoint import SETTINGS_FILE
+        from accllm.quant.quantize import CompressionSettings
+
+        f = Path(self.checkpoint) / SETTINGS_FILE
+        if not f.is_file():
+            raise ValueError(f"checkpoint: {self.checkpoint} is not a compressed checkpoint folder (no {SETTINGS_FILE}); "
+                             "make one with `accllm quantize` or remove the key")
+        try:
+            made = CompressionSettings.from_json(json.loads(f.read_text())["settings"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"checkpoint: {f} has no readable settings ({err})") from None
+        c = self.compression
+        for key in CHECKPOINT_FIXES:
+            if getattr(made, key) != getattr(c, key):
+                raise ValueError(f"compression.{key} is {getattr(c, key)!r} but checkpoint {self.checkpoint} was made "
+                                 f"with {key} {getattr(made, key)!r} ({SETTINGS_FILE}): make the flow agree with the "
+                                 "checkpoint or remove the checkpoint key")
+
+    @computed_field
+    @property
+    def checkpoint_sha256(self) -> str | None:
+        """sha256 of the checkpoint's file manifest (its content): the compress step reruns when it changes."""
+        if self.checkpoint is None:
+            return None
+        from accllm.quant.integrity import MANIFEST
+
+        m = Path(self.checkpoint) / MANIFEST
+        return hashlib.sha256(m.read_bytes()).hexdigest() if m.is_file() else None
+
     def _engine_can_run(self) -> None:
         """What the engine (golden model, compiler, RTL core) cannot run, refused before any step runs."""
         from accllm.sim.core_stream import check_lanes, group_beats
-        from accllm.sim.dims import ENGINE_BITS
+        from accllm.sim.dims import engine_bits_problem
         from accllm.sim.golden_core import MODE_SPARSE
 
         c, e = self.compression, self.engine
-        for key, bits in ENGINE_BITS.items():
-            if getattr(c, key) != bits:
-                raise ValueError(f"compression.{key} is {getattr(c, key)}: the engine runs W2A8KV4 ({key} {bits}); "
-                                 f"keep the steps after compress out of the flow to study other widths")
+        problem = engine_bits_problem(c)
+        if problem:
+            raise ValueError(f"compression.{problem}; keep the steps after compress out of the flow to study other "
+                             "widths")
         if not c.lambda_attention:
             raise ValueError("compression.lambda_attention is false: the engine's KV cache is the Λ layout")
         try:

@@ -18,7 +18,8 @@ class Step:
 # The ordered steps. ``reads`` names flow-file sections or dotted keys; a step reruns when any of them,
 # or the artifact of a step it consumes, changes.
 STEPS: list[Step] = [
-    Step("compress", "accllm.quant.steps:compress", ("model", "compression", "evaluation.perplexity_tokens"),
+    Step("compress", "accllm.quant.steps:compress",
+         ("model", "checkpoint", "checkpoint_sha256", "compression", "evaluation.perplexity_tokens"),
          verify="accllm.sim.steps:verify_compress"),
     Step("export", "accllm.hls.steps:export", (), ("compress",), verify="accllm.hls.steps:verify_export"),
     Step("compile", "accllm.hls.steps:compile", ("engine.lanes", "board"), ("export",),

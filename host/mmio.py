@@ -106,15 +106,16 @@ class PynqIO:
 
         self._pynq, self.kernel, self.bitfile = pynq, kernel, str(bitfile)
         self.overlay = pynq.Overlay(str(bitfile), download=download)
-        self.ip = self._find_ip(bitfile)
+        self.ip = self.find_ip(kernel)
         self._buffers = []
 
-    def _find_ip(self, bitfile):
+    def find_ip(self, kernel: str):
+        """The overlay's IP named ``kernel`` (a cell name, or its start), hierarchies included."""
         names = list(self.overlay.ip_dict)
-        kernel = self.kernel
         match = [n for n in names if n == kernel or n.split("/")[-1] == kernel or n.startswith(kernel)]
         if not match:
-            raise ValueError(f"the overlay {bitfile} has no IP named {kernel!r}; it has {', '.join(names) or 'none'}")
+            raise ValueError(f"the overlay {self.bitfile} has no IP named {kernel!r}; "
+                             f"it has {', '.join(names) or 'none'}")
         ip = self.overlay
         for part in match[0].split("/"):  # hierarchies are attributes of attributes
             ip = getattr(ip, part)
@@ -123,7 +124,7 @@ class PynqIO:
     def reload(self) -> None:
         """Program the bitstream again: the PL (and the kernel) is reset; buffers in DDR stay allocated."""
         self.overlay.download()
-        self.ip = self._find_ip(self.bitfile)
+        self.ip = self.find_ip(self.kernel)
 
     def allocate(self, shape, dtype):
         buf = self._pynq.allocate(shape=shape, dtype=dtype)
@@ -140,3 +141,22 @@ class PynqIO:
         for b in self._buffers:
             b.freebuffer()
         self._buffers.clear()
+
+
+class PynqEngine:
+    """The engine RTL of a Zynq overlay (the block design's cell beside the HLS kernel): its AXI4-Lite registers
+    through the overlay's IP (``DefaultIP.read`` / ``write``), and channel buffers from ``pynq.allocate`` — on Zynq
+    every channel's master reaches DDR through an HP port, so any contiguous buffer is in its memory."""
+
+    def __init__(self, io: PynqIO, cell: str):
+        self.io, self.cell = io, cell
+        io.find_ip(cell)  # a one-line error now when the overlay has no such cell
+
+    def allocate(self, ch: int, nbytes: int):
+        return self.io.allocate((nbytes,), np.uint8)
+
+    def read(self, offset: int) -> int:
+        return int(self.io.find_ip(self.cell).read(offset))  # found again each time: a reload makes new IP objects
+
+    def write(self, offset: int, value: int) -> None:
+        self.io.find_ip(self.cell).write(offset, int(value) & 0xFFFF_FFFF)

@@ -6,9 +6,16 @@
 - Each buffer is a ``pyxrt.bo`` in the memory bank its kernel argument is connected to
   (``kernel.group_id(arg_index)``: the HBM pseudo channel ``link.cfg`` assigned with ``[connectivity] sp=``);
   the host side is ``bo.map()``, moved with ``bo.sync(XCL_BO_SYNC_BO_TO_DEVICE | _FROM_DEVICE, size, 0)``.
-- One ``pyxrt.run`` holds the arguments (they persist between starts); per token the scalars are set, then
-  ``run.start()`` and ``run.wait(timeout_ms)``. XRT drives the control register itself, ap_continue
+- One ``pyxrt.run`` holds the arguments (they persist between starts); per kernel run (a prompt's tokens in the
+  ``tokens`` bo, or one token in decode) the scalars (``n_tokens``, ``pos``) are set, then ``run.start()`` and
+  ``run.wait(timeout_ms)``. XRT drives the control register itself, ap_continue
   included for the ``ap_ctrl_chain`` kernel the Vitis flow builds.
+- A bitstream with the engine RTL (``engine_rtl`` in the manifest): the engine is a user-managed RTL kernel
+  (``package_xo -ctrl_protocol user_managed``), which XRT reaches only as ``xrt::ip`` (UG1393 "Working with
+  User-Managed Kernels": ``xrt::ip(device, uuid, name)``, ``write_register`` / ``read_register``); each
+  channel's bo goes in the bank the manifest records for it (the link.cfg ``sp=`` of its master: XRT gives no
+  ``group_id`` for a user-managed kernel). pyxrt as shipped with XRT binds ``xrt::kernel`` but not ``xrt::ip``;
+  without a ``pyxrt.ip`` the engine cannot be placed and the backend says so before loading anything.
 """
 from __future__ import annotations
 
@@ -34,12 +41,17 @@ class XrtBuffer(np.ndarray):
 class XrtKernel:
     """The kernel port (see :mod:`accllm.host.control`) on one compute unit of an xclbin."""
 
-    def __init__(self, xclbin: str, kernel: str, arg_names: list[str], device_index: int = 0):
+    def __init__(self, xclbin: str, kernel: str, arg_names: list[str], device_index: int = 0, engine=None):
+        """``engine``: the manifest's ``engine_rtl`` (:class:`accllm.bitstreams.manifest.EngineRtl`) of an xclbin
+        with the engine RTL kernel beside this one."""
         try:
             import pyxrt
         except ImportError:
             raise ImportError("the xrt backend needs XRT's Python API (pyxrt): install XRT and "
                                "`source /opt/xilinx/xrt/setup.sh` before running") from None
+        if engine is not None and not hasattr(pyxrt, "ip"):
+            raise ImportError(f"this xclbin carries the engine RTL kernel {engine.kernel!r} (user-managed): "
+                              "setting its REGION registers needs xrt::ip, which this pyxrt does not bind (no pyxrt.ip)")
         self.pyxrt, self.index = pyxrt, {n: i for i, n in enumerate(arg_names)}
         self.device = pyxrt.device(device_index)
         self.uuid = self.device.load_xclbin(pyxrt.xclbin(str(xclbin)))
@@ -47,6 +59,7 @@ class XrtKernel:
         self.run = pyxrt.run(self.kernel)
         self.pending = False  # a started run not yet seen completed
         self.bos = []
+        self.engine = None if engine is None else XrtEngine(self, engine.kernel, engine.banks)
 
     def _i(self, arg: str) -> int:
         if arg not in self.index:
@@ -54,8 +67,12 @@ class XrtKernel:
         return self.index[arg]
 
     def allocate(self, arg: str, nbytes: int) -> XrtBuffer:
+        return self.bo(nbytes, self.kernel.group_id(self._i(arg)))
+
+    def bo(self, nbytes: int, bank: int) -> XrtBuffer:
+        """A bo of ``nbytes`` in memory bank ``bank``, as a host-mapped buffer."""
         x = self.pyxrt
-        bo = x.bo(self.device, int(nbytes), x.bo.normal, self.kernel.group_id(self._i(arg)))
+        bo = x.bo(self.device, int(nbytes), x.bo.normal, int(bank))
         buf = np.frombuffer(bo.map(), dtype=np.uint8, count=int(nbytes)).view(XrtBuffer)
         buf.bo, buf.device_address, buf.pyxrt_module = bo, int(bo.address()), x
         self.bos.append(bo)
@@ -97,3 +114,23 @@ class XrtKernel:
 
     def close(self) -> None:
         self.bos.clear()
+
+
+class XrtEngine:
+    """The engine RTL kernel of an xclbin (user-managed): registers through ``pyxrt.ip``, channel ch's buffer in
+    ``banks[ch]``."""
+
+    def __init__(self, xk: XrtKernel, name: str, banks: list[int]):
+        self.xk, self.banks = xk, list(banks)
+        self.ip = xk.pyxrt.ip(xk.device, xk.uuid, name)
+
+    def allocate(self, ch: int, nbytes: int) -> XrtBuffer:
+        if ch >= len(self.banks):
+            raise ValueError(f"the manifest records {len(self.banks)} engine banks, the image has channel {ch}")
+        return self.xk.bo(nbytes, self.banks[ch])
+
+    def read(self, offset: int) -> int:
+        return int(self.ip.read_register(offset))
+
+    def write(self, offset: int, value: int) -> None:
+        self.ip.write_register(offset, int(value) & 0xFFFF_FFFF)

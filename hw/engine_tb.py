@@ -1,6 +1,8 @@
 """cocotb testbench of the engine (hw/rtl/accllm_engine.sv), run through accllm.hw.engine_runner.
 
-Control goes through cocotbext-axi's ``AxiLiteMaster`` on ``s_axil``. Each channel's AXI4 read port is served by
+Control goes through cocotbext-axi's ``AxiLiteMaster`` on ``s_axil`` or, as the HLS kernel drives it, its
+``AxiStreamSource`` on the command stream ``s_axis_cmd`` (register map and beat encoding: accllm.sim.engine_regs;
+the test ``cmd_stream`` runs every operation both ways). Each channel's AXI4 read port is served by
 :class:`ChannelMemories`, a pipelined read-only memory model: an accepted burst's first beat is ready ``latency``
 cycles after its address handshake, bursts overlap (as many in flight as the engine issues), ARREADY and RVALID
 drop at random (``ar_stall``, ``r_stall``), at most ``rate`` full-width beats per cycle per channel (a token
@@ -21,15 +23,17 @@ import time
 import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
-from cocotbext.axi import AxiLiteBus, AxiLiteMaster
+from cocotbext.axi import AxiLiteBus, AxiLiteMaster, AxiStreamBus, AxiStreamFrame, AxiStreamSource
 
 from accllm.hw.engine_runner import load_job
+from accllm.sim import engine_regs as er
 
-REG_CTRL, REG_MODE, REG_K, REG_CYCLES, REG_INFO, REG_NT, REG_T = 0x000, 0x004, 0x008, 0x00C, 0x010, 0x01C, 0x020
+REG_CTRL, REG_MODE, REG_K, REG_CYCLES, REG_INFO, REG_NT, REG_T = er.CTRL, er.MODE, er.K, er.CYCLES, er.INFO, er.NT, er.T
+CH_FIELDS = (er.BASE_LO, er.BASE_HI, er.ROWS, er.WORDS_READ)
 
 
 def reg_ch(ch: int, field: int) -> int:
-    return 0x100 + 16 * ch + 4 * field  # field 0 BASE_LO, 1 BASE_HI, 2 ROWS, 3 WORDS_READ
+    return er.ch_reg(ch, CH_FIELDS[field])  # field 0 BASE_LO, 1 BASE_HI, 2 ROWS, 3 WORDS_READ
 
 
 class ChannelMemories:
@@ -42,7 +46,7 @@ class ChannelMemories:
         self.rate = rate  # peak beats per cycle per channel (memory bandwidth / (word bytes x kernel clock))
         self.credit = [1.0] * channels
         self.mem = [dict() for _ in range(channels)]  # word address -> word
-        self.regions = [(0, 0)] * channels
+        self.regions = [[] for _ in range(channels)]
         self.errors: list[str] = []
         self.beats = [0] * channels
         self.bursts = [0] * channels
@@ -55,14 +59,19 @@ class ChannelMemories:
         self.r_valid = 0
         self.r_beat = [None] * self.n
 
-    def load(self, ch: int, base: int, data: bytes):
-        self.mem[ch] = {base + i: int.from_bytes(data[i: i + self.wbytes], "little")
-                        for i in range(0, len(data), self.wbytes)}
-        self.regions[ch] = (base, base + len(data))
+    def load(self, ch: int, base: int, data: bytes, keep: bool = False):
+        """Place a section; ``keep`` leaves the earlier ones (a queued operation's section beside a running one)."""
+        words = {base + i: int.from_bytes(data[i: i + self.wbytes], "little") for i in range(0, len(data), self.wbytes)}
+        if keep:
+            self.mem[ch].update(words)
+            self.regions[ch].append((base, base + len(data)))
+        else:
+            self.mem[ch] = words
+            self.regions[ch] = [(base, base + len(data))]
 
     def _check(self, ch, addr, length, size, burst):
-        base, end = self.regions[ch]
         nbytes = length * self.wbytes
+        base, end = next(((b, e) for b, e in self.regions[ch] if b <= addr < e), self.regions[ch][-1])
         if burst != 1:
             self.errors.append(f"ch{ch}: ARBURST {burst}, expected INCR (1)")
         if (1 << size) != self.wbytes:
@@ -167,6 +176,7 @@ class Bench:
                                    float(settings.get("rate", 1.0)))
         self.sink = OutputSinks(dut, cfg["channels"], self.out_w, float(settings["backpressure"]), self.rng)
         self.axil = None
+        self.cmd = None
 
     async def start(self):
         dut = self.dut
@@ -179,15 +189,19 @@ class Bench:
         dut.m_axi_rid.value = 0
         dut.m_axis_tready.value = 0
         self.axil = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil"), dut.clk, dut.rst_n, reset_active_level=False)
+        self.cmd = AxiStreamSource(AxiStreamBus.from_prefix(dut, "s_axis_cmd"), dut.clk, dut.rst_n,
+                                   reset_active_level=False)
+        gap = float(self.settings.get("cmd_gap", 0.0))
+        if gap:
+            rng = random.Random(int(self.settings.get("seed", 1)) + 17)
+            self.cmd.set_pause_generator(iter(lambda: rng.random() < gap, None))
         cocotb.start_soon(self.mem.run())
         cocotb.start_soon(self.sink.run())
         await self.reset()
-        info = await self.axil.read_dword(REG_INFO)
-        want = (self.cfg["channels"], self.cfg["cores"], self.cfg["lanes"], self.cfg["wbits"])
-        got = (info & 0xFF, (info >> 8) & 0xFF, (info >> 16) & 0xFF, (info >> 24) & 0xF)
-        assert got == want, f"INFO register says (channels, cores, lanes, wbits) = {got}, the job was made for {want}"
-        t = await self.axil.read_dword(REG_T)
-        assert t == self.cfg["block"], f"T register says {t}, the job was made for T = {self.cfg['block']}"
+        # INFO / T read as a board host reads them (accllm.sim.engine_regs.read_identity)
+        got = er.read_identity(await self.axil.read_dword(REG_INFO), await self.axil.read_dword(REG_T))
+        want = {k: self.cfg[k] for k in er.IDENTITY}
+        assert got == want, f"INFO / T registers say {got}, the job was made for {want}"
 
     async def reset(self, cycles: int = 4):
         self.dut.rst_n.value = 0
@@ -214,26 +228,70 @@ class Bench:
         dut.s_axis_act_tvalid.value = 0
         dut.s_axis_act_tlast.value = 0
 
-    async def program(self, op: dict, index: int):
-        """Place the sections, load the activations, write the registers and start."""
-        wbytes = self.cfg["channel_bits"] // 8
-        await self.load_act(op["a"])
-        await self.axil.write_dword(REG_MODE, op["mode"] | op.get("wbits", 2) << 4)  # the program's mode byte
-        await self.axil.write_dword(REG_NT, op.get("nt", 1))
-        await self.axil.write_dword(REG_K, op["k"])
-        for ch, (sec, rows) in enumerate(zip(op["sections"], op["rows"])):
+    def place(self, op: dict, index: int, keep: bool = False, slot: int = 0) -> list[int]:
+        """Put the op's sections in the channels' memories; returns their bases. ``slot`` keeps queued
+        operations' sections apart."""
+        wbytes, bases = self.cfg["channel_bits"] // 8, []
+        for ch, sec in enumerate(op["sections"]):
             # a base somewhere in a page, so that bursts meet 4 KiB boundaries
-            base = (1 << 32) * (index % 2) + 0x10000 + wbytes * self.rng.randrange(0, 4096 // wbytes)
-            self.mem.load(ch, base, sec)
-            await self.axil.write_dword(reg_ch(ch, 0), base & 0xFFFFFFFF)
-            await self.axil.write_dword(reg_ch(ch, 1), base >> 32)
-            await self.axil.write_dword(reg_ch(ch, 2), rows)
-        self.sink.reset()
-        await self.axil.write_dword(REG_CTRL, 1)
+            base = (1 << 32) * (index % 2) + 0x10000 + (slot << 24) + wbytes * self.rng.randrange(0, 4096 // wbytes)
+            self.mem.load(ch, base, sec, keep)
+            bases.append(base)
+        return bases
 
-    async def run_op(self, op: dict, index: int) -> dict:
-        await self.program(op, index)
-        want = [len(e) for e in op["expected"]]
+    def writes(self, op: dict, bases: list[int]) -> list[tuple[int, int]]:
+        return er.op_writes(op["mode"], op.get("wbits", 2), op.get("nt", 1), op["k"], bases, op["rows"])
+
+    async def program(self, op: dict, index: int):
+        """Place the sections, load the activations, write the registers over AXI4-Lite and start."""
+        bases = self.place(op, index)
+        await self.load_act(op["a"])
+        writes = er.region_writes([0] * self.cfg["channels"]) + self.writes(op, bases)
+        for addr, data in writes[:-1]:
+            await self.axil.write_dword(addr, data)
+        self.sink.reset()
+        await self.axil.write_dword(*writes[-1])
+
+    async def send_cmds(self, op: dict, offsets: list[int]):
+        """The operation's register writes as one command-stream frame (tlast on the CTRL.start beat)."""
+        beats = [er.encode_cmd(a, d) for a, d in self.writes(op, offsets)]
+        await self.cmd.send(AxiStreamFrame(b"".join(b.to_bytes(er.CMD_BITS // 8, "little") for b in beats)))
+        await self.cmd.wait()
+
+    async def set_regions(self) -> list[int]:
+        """As a host does once per loaded image: every channel's REGION over AXI4-Lite (random, below the
+        sections), so that the kernel's BASE values are offsets in the regions."""
+        wbytes = self.cfg["channel_bits"] // 8
+        regions = [wbytes * self.rng.randrange(0, 0x10000 // wbytes) for _ in range(self.cfg["channels"])]
+        for addr, data in er.region_writes(regions):
+            await self.axil.write_dword(addr, data)
+        return regions
+
+    async def program_cmd(self, op: dict, index: int, keep: bool = False, slot: int = 0,
+                          regions: list[int] | None = None) -> list[int]:
+        """As the HLS kernel does: the command frame (BASE = offset in the channel's REGION) first, the
+        activations after it (the engine's start waits for them). Returns the regions."""
+        bases = self.place(op, index, keep, slot)
+        regions = regions or await self.set_regions()
+        task = cocotb.start_soon(self.send_cmds(op, [b - r for b, r in zip(bases, regions)]))
+        await self.load_act(op["a"])
+        await task
+        return regions
+
+    async def run_op(self, op: dict, index: int, cmd: bool = False) -> dict:
+        if cmd:
+            self.sink.reset()
+            await self.program_cmd(op, index)
+        else:
+            await self.program(op, index)
+        return await self.finish_op(op)
+
+    async def finish_op(self, op: dict, offset: list[int] | None = None, followed: bool = False) -> dict:
+        """Wait for the op's beats (after ``offset`` beats per channel already in the sink), read CYCLES and
+        WORDS_READ over AXI4-Lite, compare with the golden beats (``followed``: another op's beats come after
+        them in the sink)."""
+        offset = offset or [0] * self.cfg["channels"]
+        want = [len(e) + o for e, o in zip(op["expected"], offset)]
         limit = 200 + 50 * (sum(len(s) for s in op["sections"]) // (self.cfg["channel_bits"] // 8) + sum(want)) \
             + 4 * int(self.settings["latency"]) * (1 + sum(len(s) for s in op["sections"]) // 4096)
         t0 = time.perf_counter()
@@ -247,7 +305,9 @@ class Bench:
                 break
         cycles = await self.axil.read_dword(REG_CYCLES)
         words = [await self.axil.read_dword(reg_ch(ch, 3)) for ch in range(self.cfg["channels"])]
-        res = compare(op, self.sink.beats, self.sink.lasts, self.cfg["cores"])
+        end = [o + len(e) if followed else None for o, e in zip(offset, op["expected"])]
+        res = compare(op, [b[o:e] for b, o, e in zip(self.sink.beats, offset, end)],
+                      [t[o:e] for t, o, e in zip(self.sink.lasts, offset, end)], self.cfg["cores"])
         res.update(name=op["name"], kind=op["kind"], k=op["k"], rows=op["rows"], wbits=op.get("wbits", 2),
                    nt=op.get("nt", 1), cycles=cycles, done=bool(ctrl & 2),
                    words_read=words, wall_seconds=time.perf_counter() - t0,
@@ -342,3 +402,37 @@ async def reset_mid_stream(dut):
     report["resets"] = resets
     _write(report)
     _check(report)
+
+
+@cocotb.test()
+async def cmd_stream(dut):
+    """Every operation twice, over AXI4-Lite and over the command stream (commands sent before the activations):
+    both give the golden beats, hence each other's; then the operations in pairs, the second one's commands and
+    activations queued while the first runs (the stream waits until the engine is idle)."""
+    ops, settings = load_job(os.environ["ACCLLM_ENGINE_JOB"])
+    bench = Bench(dut, settings)
+    await bench.start()
+    results, same = [], 0
+    for i, op in enumerate(ops):
+        lite = await bench.run_op(op, i)
+        lite_beats = [list(b) for b in bench.sink.beats]
+        res = await bench.run_op(op, i, cmd=True)
+        res["path"] = "stream"
+        same += lite_beats == bench.sink.beats
+        results += [lite, res]
+    for i in range(0, len(ops) - 1, 2):
+        a, b = ops[i], ops[i + 1]
+        bench.sink.reset()
+        regions = await bench.program_cmd(a, i)
+        # returns once b's start is taken, which is after a is done
+        await bench.program_cmd(b, i + 1, keep=True, slot=1, regions=regions)
+        rb = await bench.finish_op(b, offset=[len(e) for e in a["expected"]])
+        ra = await bench.finish_op(a, followed=True)  # its beats came first; CYCLES and WORDS_READ now say b's
+        ra.update(cycles=None, words_read=None)
+        ra["path"] = rb["path"] = "queued"
+        results += [ra, rb]
+    report = summarize(results, bench, "cmd_stream")
+    report["lite_equals_stream"] = f"{same}/{len(ops)}"
+    _write(report)
+    _check(report)
+    assert same == len(ops), f"AXI4-Lite and command-stream results differ on {len(ops) - same} of {len(ops)} ops"

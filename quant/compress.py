@@ -89,7 +89,7 @@ def compress_streaming(model, s: CompressionSettings, out, progress: bool = True
     from accllm.quant.model import LayerReader, load_tokenizer
     from accllm.quant.prune import collect_input_norms, wanda_prune
 
-    why = streaming_refusal(s)
+    why = streaming_refusal(s, device="cpu")  # this path runs on the CPU, whatever GPU the machine has
     if why:
         raise ValueError(f"layer-by-layer compression does not apply to {why}; use the whole-model path")
     reader = LayerReader(model)

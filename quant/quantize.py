@@ -58,7 +58,7 @@ class CompressionSettings:
         if self.sparsity not in ("2:4", "none"):
             raise ValueError(f"sparsity must be '2:4' or 'none', got {self.sparsity!r}")
         if self.weight_bits is not None and self.weight_bits not in WEIGHT_BITS:
-            raise ValueError(f"unsupported weight bit width {self.weight_bits}; choose one of {WEIGHT_BITS} (the engine runs 2)")
+            raise ValueError(f"unsupported weight bit width {self.weight_bits}; choose one of {WEIGHT_BITS} (the engine runs 2 or 4)")
         if self.act_bits is not None and self.act_bits not in ACT_BITS:
             raise ValueError(f"unsupported activation bit width {self.act_bits}; choose one of {ACT_BITS}")
         if self.kv_bits is not None and self.kv_bits not in KV_BITS:

@@ -100,7 +100,7 @@ class KVCache:
 class LinearInts:
     """One decoder linear in the engine's integer form."""
 
-    codes: torch.Tensor  # int64 [N, K] uint2 codes (dense form; pruned weights have code == zero point)
+    codes: torch.Tensor  # int64 [N, K] uint``wbits`` codes (dense form; pruned weights have code == zero point)
     zeros: torch.Tensor  # int64 [N, K/G]
     scales: torch.Tensor  # float32 [N, K/G] holding fp16 values (rounded on construction)
     vals: torch.Tensor | None = None  # 2:4 kept codes [N, K/2]
@@ -139,7 +139,7 @@ def _linear_ints(d: dict, group: int, sparse: bool, name: str, wbits: int = 2) -
             raise ValueError(f"{name}: {bad} pruned weights have a code different from their zero point")
     lin = LinearInts(codes, zeros, d["scales"].float().contiguous(), wbits=wbits)
     if sparse:
-        lin.vals, lin.pos = core.sparse_from_dense(codes, zeros, group)
+        lin.vals, lin.pos = core.sparse_from_dense(codes, zeros, group, wbits)
     return lin
 
 
@@ -174,7 +174,7 @@ def load_weights(source) -> GoldenWeights:
             key = f"model.layers.{i}.{LINEAR_PARENT[name]}.{name}"
             if key not in ints:
                 raise ValueError(f"{key} has no integer weights in the compressed model")
-            lin = _linear_ints(ints[key], dims.group, dims.sparse, key)
+            lin = _linear_ints(ints[key], dims.group, dims.sparse, key, dims.wbits)
             if tuple(lin.codes.shape) != dims.linear_shape(name):
                 raise ValueError(f"{key}: shape {tuple(lin.codes.shape)}, expected {dims.linear_shape(name)}")
             layer[name] = lin

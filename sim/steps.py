@@ -50,7 +50,7 @@ def perf(ctx):
     e, board = ctx.flow.engine, get_board(ctx.flow.board)
     shape = load_model_shape(str(ctx.artifacts["compress"]))
     engine = size_engine(board, lanes=e.lanes, group=e.group_size, sparse=ctx.flow.compression.sparsity == "2:4",
-                         sinks=e.sinks, window=e.window, model=shape)
+                         sinks=e.sinks, window=e.window, model=shape, weight_bits=ctx.flow.compression.weight_bits)
     pm = PerfModel(shape, board, engine, load_calibration()[0])
     context = 4 * (e.sinks + e.window)
     result = {"board": board.name, "engine": asdict(engine), "decode": pm.decode(context), "prefill": pm.prefill(128),

@@ -5,11 +5,18 @@
   array reaches the kernel only through ``sync_to_device`` and the kernel's results reach the host only through
   ``sync_from_device``. Every breach is recorded in ``errors`` (the tests assert it stays empty):
   ap_start while not idle (under ap_ctrl_chain: no ap_continue after the last ap_done), an argument register
-  written while the kernel runs, host data not synced before ap_start, a result not synced back after ap_done.
-- :func:`fake_pyxrt`: XRT's ``pyxrt`` surface (device, xclbin, kernel, bo, run) on a FakeDevice. XRT drives the
-  control register itself, so here the fake's scheduler writes the registers (ap_continue included) the way
-  XRT does; it records a ``bo`` in another memory bank than its argument is connected to (``link.cfg``), a
-  missing sync, an unset argument, or a start while a run is outstanding.
+  written while the kernel runs, host data not synced before ap_start (the token ids of a run included), a result
+  not synced back after ap_done, and a kernel with a ``tokens`` port started with ``n_tokens`` of 0 or more ids
+  than its buffer holds.
+- :class:`FakeEngine`: the engine RTL beside the kernel (a bitstream with ``engine_rtl``), as a host sees it: INFO
+  and T (read-only, from its Verilog parameters), the REGION registers; a host write to any other engine register
+  is an error (the HLS kernel drives operations). Attached to a FakeDevice, it makes the device refuse ap_start
+  until every channel's REGION holds the address of a buffer synced to the device (with ``banks``: in that
+  channel's memory bank). A reload (bitstream download) clears its registers.
+- :func:`fake_pyxrt`: XRT's ``pyxrt`` surface (device, xclbin, kernel, bo, run, and ``ip`` for the user-managed
+  engine kernel) on a FakeDevice. XRT drives the control register itself, so here the fake's scheduler writes the
+  registers (ap_continue included) the way XRT does; it records a ``bo`` in another memory bank than its argument
+  is connected to (``link.cfg``), a missing sync, an unset argument, or a start while a run is outstanding.
 
 A kernel model is a callable ``kernel(arrays, scalars)`` (device arrays and scalar registers by argument name)
 that computes the run's outputs in device memory; it may return ``"hang"`` to never finish.
@@ -53,6 +60,7 @@ class FakeDevice:
         self.unread: set[int] = set()        # results written by the kernel, not yet synced to the host
         self.errors: list[str] = []
         self.runs = self.reloads = 0
+        self.engine: FakeEngine | None = None  # the engine RTL beside the kernel, if the bitstream has one
         self._next = base
 
     # -- memory
@@ -99,6 +107,8 @@ class FakeDevice:
         """A bitstream reload: registers cleared, the kernel idle; device memory kept."""
         self.regs, self.state, self.done_bit = {}, "idle", False
         self.reloads += 1
+        if self.engine is not None:
+            self.engine.regs.clear()  # the whole PL is reprogrammed
 
     def close(self):
         pass
@@ -108,6 +118,11 @@ class FakeDevice:
             why = " (ap_ctrl_chain: ap_continue was not written after ap_done)" if self.state == "done" else ""
             self.errors.append(f"ap_start while the kernel is not idle: {self.state}{why}")
             return
+        if self.engine is not None:
+            refused = self.engine.not_ready(self.runs)
+            if refused:  # the engine would read weights from wherever REGION points: the kernel must not start
+                self.errors += refused
+                return
         arrays, scalars = {}, {}
         for name, a in self.args.items():
             if a.pointer:
@@ -119,6 +134,9 @@ class FakeDevice:
                 self._check_synced(name, addr)
             else:
                 scalars[name] = self.regs.get(a.offset, 0)
+        if "tokens" in arrays and not 1 <= scalars.get("n_tokens", 0) <= arrays["tokens"].nbytes // 4:
+            self.errors.append(f"run {self.runs}: n_tokens {scalars.get('n_tokens', 0)} does not fit the tokens buffer "
+                               f"({arrays['tokens'].nbytes // 4} ids)")
         self.state = "running"
         if self.kernel(arrays, scalars) == "hang":
             self.state = "hung"
@@ -148,6 +166,64 @@ class FakeDevice:
             self.state = "done" if self.protocol == "ap_ctrl_chain" else "idle"
 
 
+class FakeEngine:
+    """The engine RTL of a bitstream, beside the FakeDevice ``dev`` (see the module docstring). ``params``: its
+    Verilog parameters (:func:`accllm.sim.engine_regs.engine_params`); ``banks``: each channel's memory bank, checked
+    against ``bank_of`` (device address -> bank, kept by :func:`fake_pyxrt`) when given."""
+
+    def __init__(self, dev: FakeDevice, params: dict, banks: list[int] | None = None, bank_of: dict | None = None):
+        self.dev, self.params, self.banks, self.bank_of = dev, dict(params), banks, bank_of
+        self.channels = int(params["CHANNELS"])
+        self.regs: dict[int, int] = {}
+        self.log: list[tuple] = []   # ("r" | "w", offset, value, buffers allocated on the device so far)
+        dev.engine = self
+
+    def read(self, offset):
+        from accllm.sim import engine_regs as er
+
+        v = {er.INFO: er.info_value(self.params), er.T: int(self.params["T"])}.get(offset, self.regs.get(offset, 0))
+        self.log.append(("r", offset, v, len(self.dev.host)))
+        return v
+
+    def write(self, offset, value):
+        from accllm.sim import engine_regs as er
+
+        value = int(value) & 0xFFFF_FFFF
+        self.log.append(("w", offset, value, len(self.dev.host)))
+        if not er.region_reg(0) <= offset < er.region_reg(self.channels):
+            self.dev.errors.append(f"the host wrote engine register {offset:#x}: only REGION is the host's "
+                                   "(the HLS kernel drives operations)")
+            return
+        if self.dev.state in ("running", "hung"):
+            self.dev.errors.append(f"engine REGION register {offset:#x} written while the kernel runs")
+        self.regs[offset] = value
+
+    def region(self, ch: int) -> int:
+        from accllm.sim.engine_regs import REGION_HI, region_reg
+
+        return self.regs.get(region_reg(ch), 0) | self.regs.get(region_reg(ch, REGION_HI), 0) << 32
+
+    def not_ready(self, run: int) -> list[str]:
+        """Why the engine cannot serve a kernel run now (empty: ready)."""
+        out = []
+        for ch in range(self.channels):
+            addr = self.region(ch)
+            if addr not in self.dev.device:
+                out.append(f"run {run}: engine channel {ch}: REGION is {addr:#x}, no buffer there (REGION not set)")
+            elif self.dev.synced[addr] is None:
+                out.append(f"run {run}: engine channel {ch}: its buffer was never synced to the device")
+            elif self.dev.host[addr].tobytes() != self.dev.synced[addr]:
+                out.append(f"run {run}: engine channel {ch}: its buffer was written by the host but not synced")
+            elif self.banks is not None and self.bank_of.get(addr) != self.banks[ch]:
+                out.append(f"run {run}: engine channel {ch}: buffer in memory bank {self.bank_of.get(addr)}, its "
+                           f"master is connected to HBM[{self.banks[ch]}]")
+        return out
+
+    def device_bytes(self, ch: int) -> bytes:
+        """What channel ``ch`` reads: the device memory at its REGION."""
+        return self.dev.device[self.region(ch)].tobytes()
+
+
 # ---------------------------------------------------------------- XRT
 
 def parse_link_banks(link_cfg: str) -> dict[str, int]:
@@ -155,8 +231,10 @@ def parse_link_banks(link_cfg: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^sp=\w+\.(\w+):HBM\[(\d+)\]\s*$", link_cfg, re.M)}
 
 
-def fake_pyxrt(dev: FakeDevice, arg_names: list[str], banks: dict[str, int], kernel_name: str):
-    """A module object with pyxrt's surface, driving ``dev`` (an ap_ctrl_chain FakeDevice) as XRT would."""
+def fake_pyxrt(dev: FakeDevice, arg_names: list[str], banks: dict[str, int], kernel_name: str,
+               engine_name: str | None = None):
+    """A module object with pyxrt's surface, driving ``dev`` (an ap_ctrl_chain FakeDevice) as XRT would;
+    ``engine_name``: the user-managed engine kernel (``dev.engine``), reached as ``ip``."""
     m = types.SimpleNamespace(loaded=[], bank_of={})
     errors = dev.errors
 
@@ -257,6 +335,20 @@ def fake_pyxrt(dev: FakeDevice, arg_names: list[str], banks: dict[str, int], ker
         def state(self):
             return ert_cmd_state.ERT_CMD_STATE_RUNNING if self.outstanding else ert_cmd_state.ERT_CMD_STATE_COMPLETED
 
+    class ip:  # noqa: N801  (xrt::ip: register access to a user-managed kernel)
+        def __init__(self, d, uuid, name):
+            if uuid is None or uuid != d.uuid:
+                raise RuntimeError("ip: that xclbin is not loaded")
+            if name != engine_name or dev.engine is None:
+                raise RuntimeError(f"ip: no IP {name!r} in the xclbin")
+
+        def read_register(self, offset):
+            return dev.engine.read(offset)
+
+        def write_register(self, offset, data):
+            dev.engine.write(offset, data)
+
+    m.ip = ip
     m.ert_cmd_state, m.xclBOSyncDirection = ert_cmd_state, xclBOSyncDirection
     m.xclbin, m.device, m.kernel, m.bo, m.run = xclbin, device, kernel, bo, run
     return m

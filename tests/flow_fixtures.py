@@ -41,3 +41,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def csim_both_ways(c, ids):
+    """The C-simulation ``c`` run token by token and then as one traced prefill of ``ids``: both must give the same
+    KV cache bytes and last logits (asserted); returns the prefill's logits (its traces stay readable on ``c``)."""
+    import numpy as np
+
+    c.reset()
+    for t in ids:
+        lt = c.step(t)
+    kv_t = c.kv.copy()
+    c.reset()
+    lb = c.prefill(ids, trace=True)
+    assert np.array_equal(c.kv, kv_t) and np.array_equal(lb, lt)
+    return lb

@@ -120,31 +120,42 @@ def set_lambda(onnx_dir, sinks: int, window: int) -> None:
 
 
 def _weight_and_mask(m, proj):
+    """The weight Quant of ``proj``, its (W, scale, zero point) and the kept weights (0/1): the export writes 2:4
+    pruned weights as zeros in W (metadata ``accllm_sparsity``), no mask tensor."""
     parent = "self_attn" if proj in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
     q = node(m, f"/layer/{parent}/{proj}/weight_quant/export_handler/Quant")
-    mul = node(m, f"/layer/{parent}/{proj}/Mul")
-    return q, const(m, q.input[0]), const(m, q.input[1]), const(m, q.input[2]), mul, const(m, mul.input[1])
+    w = const(m, q.input[0])
+    return q, w, const(m, q.input[1]), const(m, q.input[2]), (w != 0).astype(w.dtype)
 
 
 def unprune_one(proj):
-    """Give one pruned weight of ``proj`` a value other than zero and let the 2:4 mask keep it."""
+    """Give one pruned weight of ``proj`` a value other than zero."""
     def fn(m):
-        q, w, s, z, mul, mask = _weight_and_mask(m, proj)
+        q, w, s, z, mask = _weight_and_mask(m, proj)
         nonzero = (np.rint(w * mask / s + z) != z).reshape(-1, 4)  # quads of the 2:4 pattern
         quad = int(np.argmax(nonzero.sum(1) == 2))  # two kept weights off the zero point: a third breaks 2:4
         i = np.unravel_index(quad * 4 + int(np.argmin(nonzero[quad])), mask.shape)
         code = 1.0 if z[i[0], i[1], 0] != 1 else 2.0
-        w, mask = w.copy(), mask.copy()
-        w[i], mask[i] = (code - z[i[0], i[1], 0]) * s[i[0], i[1], 0], 1.0
+        w = w.copy()
+        w[i] = (code - z[i[0], i[1], 0]) * s[i[0], i[1], 0]
         set_input_const(q.name, 0, w)(m)
-        set_input_const(mul.name, 1, mask)(m)
+    return fn
+
+
+def set_metadata(key, value):
+    """Set (``value`` None: remove) one metadata entry of the graph."""
+    def fn(m):
+        kept = [(p.key, p.value) for p in m.metadata_props if p.key != key]
+        del m.metadata_props[:]
+        for k, v in kept + ([(key, value)] if value is not None else []):
+            m.metadata_props.add(key=k, value=v)
     return fn
 
 
 def bump_code(proj):
     """Move one kept weight of ``proj`` to the neighbouring 2-bit code."""
     def fn(m):
-        q, w, s, z, mul, mask = _weight_and_mask(m, proj)
+        q, w, s, z, mask = _weight_and_mask(m, proj)
         i = np.unravel_index(int(np.argmax(mask)), mask.shape)
         code = np.rint(w[i] / s[i[0], i[1], 0] + z[i[0], i[1], 0])
         w = w.copy()

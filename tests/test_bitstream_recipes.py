@@ -231,7 +231,8 @@ def check_configs(top: bb.HlsTop):
     # every variable the static Tcl uses is defined by the generated parameters
     static = (bb.BITSTREAMS / "zynq" / "build_bd.tcl").read_text()
     used = set(re.findall(r"\$(\w+)", static)) - {"argv", "gen_dir", "ip_repo", "out_dir", "name", "ps", "bp", "cfg",
-                                                   "hp", "n", "gp", "k", "m", "i", "proj_dir", "bd"}
+                                                   "hp", "n", "gp", "k", "m", "i", "proj_dir", "bd", "src", "link",
+                                                   "a", "b"}
     assert used <= set(params), used - set(params)
 
 
@@ -274,7 +275,7 @@ def test_recipe_files_from_a_compiled_build(compiled, tmp_path):
     c = bb.read_compiled(compiled)
     written = bb.generate(compiled, tmp_path / "gen")
     tcl = written["hls.tcl"].read_text()
-    top_src = re.search(r"^add_files (\S+) -cflags \"-std=c\+\+14 -I(\S+)\"$", tcl, re.M)
+    top_src = re.search(r"^add_files (\S+) -cflags \"-std=c\+\+14(?: -DACCLLM_ENGINE_STREAM)? -I(\S+)\"$", tcl, re.M)
     here = tmp_path / "gen"  # the recipe runs in its folder: paths relative to it keep a copied build working
     assert not Path(top_src.group(1)).is_absolute()
     assert (here / top_src.group(1)).resolve() == (compiled / "hls" / "accllm_top.cpp").resolve()

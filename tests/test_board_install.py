@@ -72,7 +72,8 @@ def test_slim_install_runs_a_deployed_build_on_a_fake_board(tmp_path, tmp_path_f
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(out.read_text())
     rep = json.loads(report.read_text())
-    assert rep["errors"] == [] and rep["runs"] == len(got["prompt_ids"]) + 5
+    # the prompt in one kernel run (it is shorter than a run's max_tokens), then 5 decode runs
+    assert rep["errors"] == [] and rep["runs"] == 1 + 5 and len(got["prompt_ids"]) > 1
     assert got["output_ids"] == want
     assert not HEAVY & set(rep["modules"]), HEAVY & set(rep["modules"])
     # Nothing heavy is even importable there, and the toolchain's commands say what they need.

@@ -124,3 +124,45 @@ def test_engine_cosim_counts_reads_outside_the_image(flow):
         assert engine_native.stats(sim.lib)["protocol_errors"] > before
     finally:
         engine_native.load_image(sim.lib, build)
+
+
+def test_engine_harness_checks_the_kernel_streams(flow):
+    """The harness takes the kernel's beats as they are: commands that name no section of the image, an operation
+    without CTRL.start and tlast, or activation beats that are not NT vectors each count as protocol errors; the
+    exact beats of a linear (accllm.sim.engine_regs.op_commands) run it."""
+    import ctypes
+
+    import numpy as np
+
+    from accllm.hls.engine_image import section_table
+    from accllm.hw import engine_native
+    from accllm.sim import engine_regs as regs
+
+    _, _, build = flow
+    sim = engine_native.engine_csim(build, {"latency": 60, "ar_stall": 0, "r_stall": 0, "out_stall": 0, "seed": 2})
+    m = sim.engine_map
+    _, table = section_table(m)
+    lanes, k = m["format"]["lanes"], int(m["sections"][0]["k"])
+    mode = 1 if m["sections"][0]["mode"] == "sparse" else 0
+    p = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
+
+    def run(beats, n_vectors=1):
+        cmd = np.array([b for b, _ in beats], np.uint64)
+        last = np.array([t for _, t in beats], np.uint8)
+        act = np.ones(n_vectors * k, np.uint8)
+        act_last = np.tile(np.eye(1, k // lanes, k // lanes - 1, np.uint8)[0], n_vectors)
+        before = engine_native.stats(sim.lib)["protocol_errors"]
+        lib = sim.lib
+        lib.accllm_engine_streams.restype = ctypes.c_uint
+        kept = lib.accllm_engine_streams(p(cmd), p(last), ctypes.c_uint(len(cmd)), p(act), p(act_last),
+                                         ctypes.c_uint(len(act_last)))
+        return int(kept), engine_native.stats(sim.lib)["protocol_errors"] - before
+
+    offsets, rows = [int(x) for x in table[0, :, 0]], [int(r1 - r0) for _, r0, r1 in table[0]]
+    good = regs.op_commands(mode, 2, 1, k, offsets, rows)
+    kept, errors = run(good)
+    assert errors == 0 and kept > 0
+    shifted = regs.op_commands(mode, 2, 1, k, [offsets[0] + m["format"]["channel_bits"] // 8, *offsets[1:]], rows)
+    assert run(shifted)[1] > 0  # names no linear of the image
+    assert run([(b, False) for b, _ in good])[1] > 0  # no tlast on the start beat
+    assert run(good, n_vectors=2)[1] > 0  # two vectors for an NT = 1 operation

@@ -132,13 +132,14 @@ def for_loops(text: str):
 
 
 def synthesised(text: str) -> str:
-    """``text`` without the code Vitis HLS never sees: the C/RTL co-simulation seam (``#ifdef
-    ACCLLM_ENGINE_LINEAR``) and C-simulation-only branches (``#ifndef __SYNTHESIS__``), blanked line for line."""
+    """``text`` without the code Vitis HLS never sees: C-simulation-only branches (``#ifndef __SYNTHESIS__``),
+    blanked line for line. Both sides of ``#ifdef ACCLLM_ENGINE_STREAM`` are synthesised (a bitstream with the
+    engine RTL, and one without), so both are checked."""
     out, skip, stack = [], False, []
     for line in text.split("\n"):
         s = line.strip()
         if re.match(r"#\s*if(n?def)?\b", s):
-            cosim = bool(re.match(r"#\s*ifdef\s+ACCLLM_ENGINE_LINEAR\b|#\s*ifndef\s+__SYNTHESIS__\b", s))
+            cosim = bool(re.match(r"#\s*ifndef\s+__SYNTHESIS__\b", s))
             stack.append((cosim, skip))
             skip = skip or cosim
         elif re.match(r"#\s*else\b", s) and stack:

@@ -175,3 +175,10 @@ def test_an_image_naming_unknown_kernel_arguments_is_refused():
     img.scalars["tokn"] = "token"
     with pytest.raises(ValueError, match="no argument"):
         EngineDriver(RegisterKernel(SimIO(), img.args), img)
+    img = image()
+    img.max_tokens = 4  # several tokens per run need a tokens buffer
+    with pytest.raises(ValueError, match="without a tokens buffer takes one token per run"):
+        EngineDriver(RegisterKernel(SimIO(), img.args), img)
+    img.tokens_arg, img.max_tokens = "logits", VOCAB + 1  # a buffer of 4 * VOCAB bytes
+    with pytest.raises(ValueError, match=f"must hold {VOCAB + 1} uint32 ids"):
+        EngineDriver(RegisterKernel(SimIO(), img.args), img)

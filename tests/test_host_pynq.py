@@ -41,12 +41,18 @@ class FakeOverlay:
     """``pynq.Overlay``'s surface the runtime uses: ``ip_dict`` and IP attributes with ``read``/``write``."""
 
     loaded = []
+    engine = None  # a board_fakes.FakeEngine: the block design's engine cell beside the kernel
 
     def __init__(self, bitfile_name, dtbo=None, download=True, ignore_version=False, device=None, gen_cache=False):
         FakeOverlay.loaded.append((bitfile_name, download))
         self.bitfile_name = bitfile_name
         self.ip_dict = {"accllm_top_0": {"type": "xilinx.com:hls:accllm_top:1.0"}}
         self.accllm_top_0 = FakeIP(FakeOverlay.sim)
+        if FakeOverlay.engine is not None:
+            from accllm.bitstreams.engine_kernel import CELL, KERNEL
+
+            self.ip_dict[CELL] = {"type": f"xilinx.com:module_ref:{KERNEL}:1.0"}
+            setattr(self, CELL, FakeIP(FakeOverlay.engine))
 
     def download(self, dtbo=None):
         FakeOverlay.loaded.append((self.bitfile_name, True))

@@ -22,30 +22,38 @@ LAYOUT = KVLayout(layers=2, kv_heads=2, head_dim=8, sinks=2, window=3)
 DIMS = {"vocab": VOCAB, "hidden": 8, "layers": 2}
 PROGRAM = bytes(range(7, 256)) * 2
 BLOB = bytes(np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8))
+MAX_TOKENS = 4  # tokens one kernel run takes
 
 
 def image():
     """The real kernel's arguments (read from the HLS top the compiler writes) with small buffers."""
     return EngineImage(header={"program_format": 1, "blob_format": 1, "lanes": 16, "group": 32, "dims": DIMS},
                        args=vitis_arg_offsets(kernel_args()),
-                       buffers={"program": PROGRAM, "blob": BLOB, "kv": LAYOUT.nbytes, "logits": 4 * VOCAB, "topk": 128,
-                                "trace": 64},
+                       buffers={"program": PROGRAM, "blob": BLOB, "kv": LAYOUT.nbytes, "tokens": 4 * MAX_TOKENS,
+                                "logits": 4 * VOCAB, "topk": 128, "trace": 64},
                        kv_arg="kv", logits_arg="logits", vocab=VOCAB, layout=LAYOUT,
-                       scalars={"token": "token", "pos": "pos"}, constants={"n_instr": 8, "logits_en": 1, "trace_en": 0})
+                       scalars={"n_tokens": "n_tokens", "pos": "pos"},
+                       constants={"n_instr": 8, "logits_en": 1, "trace_en": 0},
+                       tokens_arg="tokens", max_tokens=MAX_TOKENS, block=2)
 
 
 class Kernel:
+    """A run of n_tokens ids from the tokens buffer; logits one-hot at 3 x the last id."""
+
     def __init__(self):
         self.seen, self.hang = [], False
 
     def __call__(self, arrays, scalars):
         assert bytes(arrays["program"]) == PROGRAM and bytes(arrays["blob"]) == BLOB and scalars["n_instr"] == 8
-        self.seen.append((scalars["token"], scalars["pos"]))
+        n = scalars["n_tokens"]
+        assert 1 <= n <= MAX_TOKENS, n
+        ids = tuple(int(t) for t in arrays["tokens"][:4 * n].view("<u4"))
+        self.seen.append((ids, scalars["pos"]))
         if self.hang:
             return "hang"
         logits = arrays["logits"].view(np.float32)
         logits[:] = 0
-        logits[(scalars["token"] * 3) % VOCAB] = 1.0
+        logits[(ids[-1] * 3) % VOCAB] = 1.0
 
 
 @pytest.fixture
@@ -81,12 +89,15 @@ def test_xrt_backend_puts_each_buffer_in_its_bank_and_runs(xrt):
     for name, buf in be.driver.buffers.items():  # bo allocated with kernel.group_id(arg) = its HBM channel
         assert fake.bank_of[buf.device_address] == banks[name]
     assert len(set(banks.values())) == len(banks)  # every m_axi port in its own bundle, on its own channel
-    logits = be.forward([1, 2, 5])
-    assert int(np.argmax(logits)) == 15 and k.seen == [(1, 0), (2, 1), (5, 2)]
-    assert dev.errors == [] and dev.runs == 3 and dev.state == "idle"  # XRT answered each ap_done (chain)
+    logits = be.forward([1, 2, 5, 6, 7, 11])  # runs of at most MAX_TOKENS: the tokens bo synced before each
+    assert int(np.argmax(logits)) == 33 and k.seen == [((1, 2, 5, 6), 0), ((7, 11), 4)]
+    assert dev.errors == [] and dev.runs == 2 and dev.state == "idle"  # XRT answered each ap_done (chain)
     be.reset()
     be.forward([4])
-    assert k.seen[-1] == (4, 0) and dev.errors == []
+    assert k.seen[-1] == ((4,), 0) and dev.errors == []
+    with pytest.raises(ValueError, match="a kernel run takes 1..4 tokens"):
+        be.driver.run([1] * 5)
+    assert dev.runs == 3 and dev.errors == []
 
 
 def test_the_fake_catches_a_wrong_bank_and_a_missing_sync(xrt, monkeypatch):
@@ -100,7 +111,8 @@ def test_the_fake_catches_a_wrong_bank_and_a_missing_sync(xrt, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyxrt", fake)
     be = open_backend(img, manifest)
     be.driver.buffers["logits"].sync_from_device = lambda: None
-    be.forward([1, 2])
+    be.forward([1])
+    be.forward([2])
     assert any("logits of the previous run was never synced" in e for e in dev.errors)
 
 
@@ -116,7 +128,7 @@ def test_xrt_timeout_recovery(xrt):
     dev.finish_hung()
     k.hang = False
     be.reset()
-    assert int(np.argmax(be.forward([3]))) == 9 and k.seen[-1] == (3, 0) and dev.errors == []
+    assert int(np.argmax(be.forward([3]))) == 9 and k.seen[-1] == ((3,), 0) and dev.errors == []
 
 
 def test_xrt_needs_pyxrt_and_a_vitis_bitstream(xrt, monkeypatch, tmp_path):

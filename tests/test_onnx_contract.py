@@ -50,6 +50,10 @@ REFUSED = [
      "'/layer/self_attn/sdpa/Mul' (Mul): attention score scale"),
     ("a pruned weight made non-zero (2:4 broken)", L1, E.unprune_one("up_proj"),
      f"'{_q('up_proj', 'weight_quant')}' (Quant)"),
+    ("2:4 sparsity metadata -> 4:8", L1, E.set_metadata("accllm_sparsity", "4:8"),
+     "(Quant): metadata accllm_sparsity='4:8'"),
+    ("2:4 sparsity metadata removed from one layer", L1, E.set_metadata("accllm_sparsity", None),
+     "2:4 weight mask present False differs from True in layer00.onnx"),
     ("an extra node off the data flow", L1, E.add_node("Relu", ["hidden"], "extra_relu"),
      "'extra_relu' (Relu): matches no pattern"),
     ("layer output does not feed the next", "layer02.onnx",
@@ -185,6 +189,20 @@ def _expect_window(base, new):
     assert new[0]["kv_bytes"] < base[0]["kv_bytes"] and new[3] == base[3]
 
 
+def _expect_dense(base, new):
+    """The same pruned codes in the DENSE stream: only the decoder linears' sections and the mode change."""
+    from accllm.hls import program
+    from accllm.sim import weight_stream as ws
+
+    assert base[0]["dims"]["sparse"] and not new[0]["dims"]["sparse"]
+    assert {k for k in base[3] if base[3][k] != new[3][k]} == {k for k in base[3] if k.endswith("_proj.stream")}
+
+    def modes(run):
+        return {program.split_mode(i.mode)[0] for i in run[1] if i.op == program.OP_LINEAR}
+
+    assert modes(base) == {ws.MODE_SPARSE} and modes(new) == {ws.MODE_DENSE}
+
+
 def _expect_mlp_first(base, new):
     assert new[3] == base[3] and new[2] != base[2]
     assert _layer_ops(base[1], 1) == ["RMSNORM", "LINEAR", "LINEAR", "LINEAR", "ATTENTION", "LINEAR", "ADD",
@@ -209,6 +227,9 @@ CHANGED = [
     ("LM head weight Quant scale x2", lambda d: E.edit(d / "lm_head.onnx", E.scale_input_const(HEAD_WQ, 1, 2.0)),
      _expect_head_scales, 16),
     ("MLP block before attention (layer01)", lambda d: E.edit(d / L1, E.mlp_first), _expect_mlp_first, 16),
+    ("2:4 sparsity metadata removed from every layer", lambda d: [E.edit(p, E.set_metadata("accllm_sparsity", None))
+                                                              for p in sorted(d.glob("layer*.onnx"))],
+     _expect_dense, 16),
 ]
 FAST = {"MLP block before attention (layer01)"}
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from flow_fixtures import flow_paths, one_thread
+from flow_fixtures import csim_both_ways, flow_paths, one_thread
 from onnx_edits import copy_export, set_lambda
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
@@ -106,13 +106,7 @@ def test_prefill_block_longer_than_the_window(flow, tmp_path):
     _assert_same(g.d, lt, kv_t, steps, lb, kv_b, blocks)
     c = CSim(tmp_path / "build")
     assert c.prefill_block == 16
-    c.reset()
-    for t in ids:
-        lt_c = c.step(t)
-    kv_c = c.kv.copy()
-    c.reset()
-    lc = c.prefill(ids, trace=True)
-    assert np.array_equal(c.kv, kv_c) and np.array_equal(lc, lt_c)
+    csim_both_ways(c, ids)
     mism = sum(int((a != c.prefill_trace(t, layer)).sum()) for t in range(len(ids))
                for layer, a in enumerate(_ints(blocks[t], g.d)))
     assert mism == 0
@@ -153,26 +147,112 @@ def test_perf_prefill_counts_a_weight_pass_per_block():
         replace(base, prefill_block=0).validate()
 
 
+def _top_and_kv(c, ids, by_token):
+    c.reset()
+    c.clear_weight_bytes()
+    if by_token:
+        for t in ids:
+            c.step(t, logits=False)
+    else:
+        c.prefill(ids, logits=False)
+    ids_k, vals = c.top
+    return ids_k, vals, c.kv.copy(), c.weight_bytes
+
+
+def test_kernel_top_prefill_equals_token_by_token_for_any_length(flow):
+    """Every run goes through the kernel top accllm_top (n_tokens = 1 in decode): prompts of 1, T - 1, T, T + 1
+    and 300 tokens (past the Λ window) give the KV cache bytes and on-chip top-K of token by token, reading the
+    weights once per block; so does a prompt the host splits into runs of at most 2T tokens."""
+    from accllm.hls.csim import CSim
+
+    c = CSim(flow[2])
+    T, cap = c.prefill_block, c.max_tokens
+    assert cap % T == 0 and cap >= max(T, 300)
+    rng = np.random.default_rng(3)
+    _, _, _, one_pass = _top_and_kv(c, [5], by_token=True)
+    per_token = _top_and_kv(c, [5, 6], by_token=False)[3] - one_pass  # its embedding row and RoPE table rows
+    for n in (1, T - 1, T, T + 1, 300, 3 * T + 3):
+        if n == 3 * T + 3:
+            c.max_tokens = 2 * T  # runs of 2T tokens, then T + 3
+        ids = [int(x) for x in rng.integers(0, c.vocab, n)]
+        want_ids, want_vals, want_kv, _ = _top_and_kv(c, ids, by_token=True)
+        got_ids, got_vals, got_kv, got_bytes = _top_and_kv(c, ids, by_token=False)
+        assert got_kv.tobytes() == want_kv.tobytes(), f"n={n}: KV cache differs"
+        assert np.array_equal(got_ids, want_ids) and got_vals.tobytes() == want_vals.tobytes(), f"n={n}: top-K differs"
+        assert c.pos == n and got_bytes <= math.ceil(n / T) * one_pass + n * per_token
+    # the traces of the prompt in two runs: the tokens either side of the runs' boundary and the last one
+    c.reset()
+    c.prefill(ids, trace=True, logits=False)
+    c.reset()
+    for t, x in enumerate(ids):
+        check = t in (2 * T - 1, 2 * T, 2 * T + 1, n - 1)
+        c.step(x, trace=check, logits=False)
+        if check:
+            assert all(np.array_equal(c.layer_trace(layer), c.prefill_trace(t, layer)) for layer in range(c.layers))
+    head = slice(n * c.layers * c.trace_size, None)
+    assert np.array_equal(c.block_trace[head], c.trace[c.layers * c.trace_size:])  # the last token's LM head
+
+
+def test_kernel_top_refuses_an_empty_or_oversized_run(flow):
+    """n_tokens = 0 or over the tokens port's size: the kernel computes nothing (KV cache as it was) and marks
+    the top-K ids 0xFFFFFFFF; CSim and the C entry refuse it with a clear error."""
+    import ctypes
+
+    from accllm.hls.csim import CSim
+
+    c = CSim(flow[2])
+    c.reset()
+    c.prefill([1, 2, 3])
+    kv = c.kv.copy()
+    p = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
+    for n in (0, c.max_tokens + 1):
+        ids = np.arange(max(n, 1), dtype=np.uint32)
+        c._top[:] = 0
+        rc = c.lib.accllm_csim_prefill(p(c._program), ctypes.c_uint(len(c.instrs)), p(c._blob),
+                                       ctypes.c_ulonglong(c._blob.nbytes), p(c.kv), p(ids), ctypes.c_uint(n),
+                                       ctypes.c_uint(c.pos), p(c._top), p(c.logits), ctypes.c_uint(1), p(c.trace),
+                                       ctypes.c_uint(0))
+        assert rc == -1 and np.array_equal(c.kv, kv)
+        assert (c._top[:c.topk] == 0xFFFFFFFF).all()
+        with pytest.raises(ValueError, match=rf"a kernel run takes 1\.\.{c.max_tokens} tokens, got {n}"):
+            c.run(ids[:n], c.trace, False, True)
+    assert c.pos == 3
+
+
 def test_csim_backend_prefills_a_prompt_in_blocks(tmp_path_factory):
-    """The runtime's forward(ids) uses the kernel's block entry: same KV cache image and logits as token by token."""
+    """The runtime's forward(ids) is one kernel run per max_tokens tokens (the tokens buffer): same KV cache image
+    and logits as token by token; a run the kernel cannot take is refused on the host."""
     from flow_fixtures import demo_layout
 
     from accllm.host.backends import open_backend
 
     build = demo_layout(tmp_path_factory, "prefill_host")
-    ids = [int(x) for x in np.random.default_rng(1).integers(0, 4096, 45)]
     with open_backend("csim", build) as a, open_backend("csim", build) as b:
-        assert a.driver.kernel.run_block is not None
+        T = a.driver.image.block
+        assert a.driver.image.max_tokens >= 45
+        ids = [int(x) for x in np.random.default_rng(1).integers(0, 4096, 45)]
         la = a.forward(ids)
-        runs_block = a.driver.runs
+        assert a.driver.runs == 1  # the prompt in one kernel run
         for t in ids:
             lb = b.driver.step(t)
-        assert runs_block == 1 and b.driver.runs == len(ids)
+        assert np.array_equal(la, lb) and a.driver.kv.image() == b.driver.kv.image()
+        cap = a.driver.image.max_tokens = 2 * T  # the host may split a prompt into shorter runs: same results
+        more = [int(x) for x in np.random.default_rng(2).integers(0, 4096, cap + 5)]
+        la = a.forward(more)
+        assert a.driver.runs == 3
+        for t in more:
+            lb = b.driver.step(t)
+        ids += more
+        assert b.driver.runs == len(ids)
         assert np.array_equal(la, lb)
         assert a.driver.kv.image() == b.driver.kv.image() and a.driver.kv.pos == b.driver.kv.pos == len(ids)
         assert np.array_equal(a.forward([7]), b.forward([7]))  # decode continues from the same state
         with pytest.raises(ValueError, match="outside the vocabulary"):
             a.forward([1, 5000])
+        for n in (0, cap + 1):
+            with pytest.raises(ValueError, match=rf"a kernel run takes 1\.\.{cap} tokens .*, got {n}"):
+                a.driver.run([1] * n)
+        assert a.driver.kv.pos == len(ids) + 1 and a.driver.fault is None
 
 
 def test_prefill_on_the_engine_cosim_is_bit_exact(flow):

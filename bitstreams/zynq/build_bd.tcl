@@ -1,7 +1,7 @@
 # Vivado block design for PYNQ: Zynq UltraScale+ PS + the accllm HLS kernel, to .bit + .hwh.
 #   vivado -mode batch -source build_bd.tcl -tclargs <gen dir> <HLS IP repo> <output dir> <name>
 # <gen dir>/bd_params.tcl (written by accllm.bitstreams.build) names the board, part, kernel, its m_axi
-# ports and the PS S_AXI_HP ports they use.
+# ports and the PS S_AXI_HP ports they use, and the engine RTL cell with its streams and masters.
 lassign $argv gen_dir ip_repo out_dir name
 source [file join $gen_dir bd_params.tcl]
 
@@ -43,6 +43,37 @@ foreach m $m_axi_ports {
                  Clk_master Auto Clk_slave Auto Clk_xbar Auto intc_ip Auto] \
         [get_bd_intf_pins zynq_ultra_ps_e_0/$hp]
     incr i
+}
+
+# The engine RTL kernel (accllm.bitstreams.engine_kernel, empty names when the build has none): a module reference
+# cell from its generated wrapper and sources (UG994 "Referencing RTL Modules"), its AXI4-Stream interfaces joined
+# to the kernel's stream ports by interface nets (connect_bd_intf_net, master to slave), its AXI4-Lite control on the
+# PS (the host sets each channel's REGION there), each channel's AXI4 master on an HP port (round robin).
+if {$engine_module ne ""} {
+    add_files -norecurse [lmap src $engine_sources {file normalize [file join $gen_dir $src]}]
+    update_compile_order -fileset sources_1
+    create_bd_cell -type module -reference $engine_module $engine_cell
+    foreach link $engine_axis {
+        lassign $link a b
+        if {[string match m_axis_* $b]} {
+            connect_bd_intf_net [get_bd_intf_pins $engine_cell/$b] [get_bd_intf_pins ${kernel}_0/$a]
+        } else {
+            connect_bd_intf_net [get_bd_intf_pins ${kernel}_0/$a] [get_bd_intf_pins $engine_cell/$b]
+        }
+    }
+    apply_bd_automation -rule xilinx.com:bd_rule:axi4 \
+        -config [list Master /zynq_ultra_ps_e_0/M_AXI_HPM0_FPD Slave /$engine_cell/$engine_control \
+                 Clk_master Auto Clk_slave Auto Clk_xbar Auto intc_ip Auto] \
+        [get_bd_intf_pins $engine_cell/$engine_control]
+    set i 0
+    foreach m $engine_m_axi {
+        set hp [lindex $hp_ports [expr {$i % [llength $hp_ports]}]]
+        apply_bd_automation -rule xilinx.com:bd_rule:axi4 \
+            -config [list Master /$engine_cell/$m Slave /zynq_ultra_ps_e_0/$hp \
+                     Clk_master Auto Clk_slave Auto Clk_xbar Auto intc_ip Auto] \
+            [get_bd_intf_pins zynq_ultra_ps_e_0/$hp]
+        incr i
+    }
 }
 
 assign_bd_address

@@ -290,15 +290,27 @@ template <class CFG> void read_record(bit_reader &br, unsigned mode, unsigned wb
         }
 }
 
-// Linear feeder: A = the activation chunk (L inputs dense, 2L sparse) re-sent for every row, B = beats built from
-// the records of the linear's section as they come off the word stream; each record's scale goes to dequant.
+// A 2:4 group's kept codes -> its G dense codes (a pruned weight's code is the zero point, so it adds nothing): a W4
+// 2:4 group runs on the core as a QK packet of dense codes.
+template <class CFG> void expand_2to4(uint8_t zero, uint8_t code[CFG::group], const uint8_t pat[CFG::group / 4]) {
+    uint8_t kept[CFG::group / 2];
+    for (unsigned j = 0; j < CFG::group / 2; j++) kept[j] = code[j];
+    for (unsigned i = 0; i < CFG::group; i++) code[i] = zero;
+    for (unsigned j = 0; j < CFG::group / 2; j++) {  // kept code j sits at input 4 * (j / 2) + pattern[j / 2][j % 2]
+        const unsigned p = pat[j / 2];
+        code[4 * (j / 2) + WS_PATTERNS[p < 6 ? p : 5][j % 2]] = kept[j];
+    }
+}
+
+// Linear feeder: A = the activation chunk (L inputs dense and W4, 2L W2 sparse) re-sent for every row, B = beats built
+// from the records of the linear's section as they come off the word stream; each record's scale goes to dequant.
 template <class CFG> void feed_linear(const typename CFG::act_t *a, hls::stream<word_t> &words, size_t off,
                                      unsigned n, unsigned k, unsigned mode, unsigned wbits,
                                      hls::stream<accllm_a_t> &as, hls::stream<accllm_b_t> &bs,
                                      hls::stream<uint16_t> &scales) {
     const unsigned L = CFG::lanes, G = CFG::group;
     const bool sparse = mode == MODE_SPARSE, w4 = wbits == 4;
-    const unsigned per_beat = sparse ? 2 * L : L;
+    const unsigned per_beat = sparse && !w4 ? 2 * L : L;
     const unsigned row_beats = k / per_beat, group_beats = G / per_beat, groups = k / G;
     accllm_a_t a_words[CFG::max_vec / CFG::lanes];  // the row's A beats, packed once and re-sent for every row
     uint8_t ab[2 * CFG::lanes], bb[CFG::lanes], code[CFG::group], pat[CFG::group / 4];
@@ -320,6 +332,7 @@ template <class CFG> void feed_linear(const typename CFG::act_t *a, hls::stream<
         for (unsigned g = 0; g < groups; g++) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = ACCLLM_TC_VEC / ACCLLM_GROUP
             read_record<CFG>(br, mode, wbits, scale, zero, code, pat);
+            if (w4 && sparse) expand_2to4<CFG>(zero, code, pat);
             scales.write(scale);
             for (unsigned c = 0; c < group_beats; c++) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = ACCLLM_GROUP / ACCLLM_LANES
@@ -483,46 +496,169 @@ template <class CFG> void head_dataflow(const typename CFG::act_t *a, float sx, 
     topk_sink<CFG>(ys, n, topk, logits, logits_en);
 }
 
-#ifdef ACCLLM_ENGINE_LINEAR
-// C/RTL co-simulation seam (accllm.hw.engine_native, hw/cpp/accllm_engine_verilated.cpp): linear ``linear`` of the
-// engine image runs on the Verilated multi-channel engine for nt <= T activation vectors a[nt][k] in one weight
-// pass (block mode; decode nt = 1); it returns acc[nt][n][k/G] and the records' fp16 scales scale[n][k/G].
-extern "C" void accllm_engine_linear(unsigned linear, unsigned mode, unsigned wbits, const int8_t *a, unsigned nt,
-                                     unsigned k, unsigned n, int32_t *acc, uint16_t *scale);
+#ifdef ACCLLM_ENGINE_STREAM
+}  // namespace accllm
+#include "accllm_engine_regs.h"   // accllm.sim.engine_regs: the engine's registers and command beats
+#include "accllm_engine_table.h"  // accllm.hls.engine_image: each linear's sections (BASE offset, rows) per channel
+#if __has_include("ap_axi_sdata.h")
+#include "ap_axi_sdata.h"
+#endif
+namespace accllm {
+// The engine behind AXI4-Stream ports (linked with stream_connect on Vitis, AXIS interface nets in a Vivado block
+// design): command beats (register writes) and activation beats out, one result stream per channel in. Beats carry
+// tlast, as hls::axis does in Vitis HLS (UG1399 "How AXI4-Stream is Implemented"); the bundled ap_types lack
+// ap_axi_sdata.h, so C-simulation uses a struct with the same fields.
+#if __has_include("ap_axi_sdata.h")
+template <int W> using eng_axis = hls::axis<ap_uint<W>, 0, 0, 0>;
+#else
+template <int W> struct eng_axis { ap_uint<W> data; ap_uint<W / 8> keep; ap_uint<W / 8> strb; ap_uint<1> last; };
+#endif
+using namespace accllm_engine_regs;
+using namespace accllm_engine_table;
+typedef eng_axis<ENG_CMD_BITS> eng_cmd_t;
+typedef eng_axis<8 * ENG_LANES> eng_act_t;
+typedef eng_axis<ENG_RES_BITS> eng_res_t;
+#define ACCLLM_ENG_PARAMS , hls::stream<accllm::eng_cmd_t> &eng_cmd, hls::stream<accllm::eng_act_t> &eng_act, \
+    hls::stream<accllm::eng_res_t> eng_res[accllm_engine_table::ENG_CHANNELS]
+#define ACCLLM_ENG_ARGS , eng_cmd, eng_act, eng_res
+// C-simulation callers of the top (csim_api.cpp) hold the stream objects.
+#define ACCLLM_ENG_PORTS static hls::stream<accllm::eng_cmd_t> eng_cmd("eng_cmd"); \
+    static hls::stream<accllm::eng_act_t> eng_act("eng_act"); \
+    static hls::stream<accllm::eng_res_t> eng_res[accllm_engine_table::ENG_CHANNELS];
 
-// One engine pass for vectors a8 + t * a_stride (t < nt): y[t * y_stride + row] dequantised as the kernel does
-// (dequant_row); the accumulators, [nt][n][k/G], into tr_acc when given. Co-simulation only (heap buffers).
-template <class CFG> void engine_pass(unsigned linear, unsigned mode, unsigned wbits, const int8_t *a8,
-                                      size_t a_stride, const float *sx, unsigned nt, unsigned n, unsigned k, float *y,
-                                      size_t y_stride, int32_t *tr_acc) {
-    const unsigned groups = k / CFG::group;
-    static int8_t *a = 0;
-    static int32_t *acc = 0;
-    static uint16_t *sc = 0;
-    static size_t cap_a = 0, cap = 0;
-    if ((size_t)nt * k > cap_a) { delete[] a; cap_a = (size_t)nt * k; a = new int8_t[cap_a]; }
-    if ((size_t)nt * n * groups > cap) {
-        delete[] acc; delete[] sc;
-        cap = (size_t)nt * n * groups;
-        acc = new int32_t[cap];
-        sc = new uint16_t[cap];
+template <int W> eng_axis<W> eng_beat(const ap_uint<W> &data, bool last) {
+    eng_axis<W> b;
+    b.data = data;
+    b.keep = -1;
+    b.strb = -1;
+    b.last = last;
+    return b;
+}
+
+inline void eng_write(hls::stream<eng_cmd_t> &cmd, unsigned addr, uint32_t data, bool last) {
+    cmd.write(eng_beat<ENG_CMD_BITS>(ap_uint<ENG_CMD_BITS>(eng_cmd(addr, data)), last));
+}
+
+#ifndef __SYNTHESIS__
+}  // namespace accllm
+#include <vector>
+namespace accllm {
+// C/RTL co-simulation (accllm.hw.engine_native): the Verilated engine takes the beats the kernel wrote and
+// answers on the result streams (hw/cpp/accllm_engine_verilated.cpp). On hardware the engine runs beside the
+// kernel and nothing is called here.
+extern "C" unsigned accllm_engine_streams(const uint64_t *cmd, const uint8_t *cmd_last, unsigned n_cmd,
+                                          const uint8_t *act, const uint8_t *act_last, unsigned n_act);
+extern "C" unsigned accllm_engine_result_count(unsigned ch);
+extern "C" void accllm_engine_result(unsigned ch, unsigned i, uint16_t *beat, uint8_t *last);
+
+inline void engine_cosim(hls::stream<eng_cmd_t> &cmd, hls::stream<eng_act_t> &act, hls::stream<eng_res_t> *res) {
+    static std::vector<uint64_t> c;
+    static std::vector<uint8_t> cl, a, al;
+    c.clear(); cl.clear(); a.clear(); al.clear();
+    for (size_t i = 0, n = cmd.size(); i < n; i++) {
+        const eng_cmd_t b = cmd.read();
+        c.push_back(b.data.to_uint64());
+        cl.push_back((uint8_t)b.last.to_uint());
     }
-    for (unsigned t = 0; t < nt; t++)
-        for (unsigned i = 0; i < k; i++) a[(size_t)t * k + i] = a8[t * a_stride + i];
-    accllm_engine_linear(linear, mode, wbits, a, nt, k, n, acc, sc);
-    for (unsigned t = 0; t < nt; t++)
-        for (unsigned row = 0; row < n; row++)
-            y[t * y_stride + row] = dequant_row<CFG>(acc + ((size_t)t * n + row) * groups, sc + (size_t)row * groups,
-                                                     groups, sx[t]);
-    if (tr_acc) for (size_t i = 0; i < (size_t)nt * n * groups; i++) tr_acc[i] = acc[i];
+    uint8_t bytes[ENG_LANES];
+    for (size_t i = 0, n = act.size(); i < n; i++) {
+        const eng_act_t b = act.read();
+        accllm_get_bytes(b.data, bytes, ENG_LANES);
+        a.insert(a.end(), bytes, bytes + ENG_LANES);
+        al.push_back((uint8_t)b.last.to_uint());
+    }
+    accllm_engine_streams(c.data(), cl.data(), (unsigned)c.size(), a.data(), al.data(), (unsigned)al.size());
+    uint16_t h[ENG_RES_BITS / 16];
+    uint8_t last;
+    for (unsigned ch = 0; ch < ENG_CHANNELS; ch++)
+        for (unsigned i = 0; i < accllm_engine_result_count(ch); i++) {
+            for (unsigned j = 0; j < ENG_RES_BITS / 16; j++) h[j] = 0;
+            accllm_engine_result(ch, i, h, &last);
+            ap_uint<ENG_RES_BITS> d = 0;
+            for (unsigned j = 0; j < 3 * ENG_CORES; j++) d.range(16 * j + 15, 16 * j) = h[j];
+            res[ch].write(eng_beat<ENG_RES_BITS>(d, last != 0));
+        }
 }
+#endif
 
-template <class CFG> void linear_on_engine(const typename CFG::act_t *a, float sx, unsigned linear, float *y,
-                                           unsigned n, unsigned k, unsigned mode, unsigned wbits, int32_t *tr_acc) {
-    static int8_t a8[CFG::max_vec];
-    for (unsigned i = 0; i < k; i++) a8[i] = (int8_t)a[i].to_int();
-    engine_pass<CFG>(linear, mode, wbits, a8, 0, &sx, 1, n, k, y, 0, tr_acc);
+// One engine pass of linear ``linear`` for vectors a8 + t * a_stride (t < nt <= T): the activation beats (LANES
+// int8 a beat, tlast ending each vector), the command beats (MODE, NT, K, each channel's BASE = the section's offset
+// in its region and ROWS, CTRL.start with tlast), then each channel's results tile by tile (a beat per record
+// and vector: CORES accumulators, CORES fp16 scales), dequantised as linear() does: y[t * y_stride + row]; with
+// tr_on, the accumulators of token t, row r at trace int32 index tr_acc + t * tr_stride + r * groups.
+template <class CFG> void engine_stream_pass(unsigned linear, unsigned mode, unsigned wbits, const int8_t *a8,
+                                             size_t a_stride, const float *sx, unsigned nt, unsigned n, unsigned k,
+                                             float *y, size_t y_stride, word_t *trace, bool tr_on, size_t tr_acc,
+                                             size_t tr_stride ACCLLM_ENG_PARAMS) {
+    static_assert(ENG_LANES == CFG::lanes, "the engine table was written for other LANES");
+    const unsigned G = CFG::group, groups = k / G, chunks = k / ENG_LANES;
+    (void)n;
+    // activations first: the engine takes them while idle, so no beat waits on one that comes later
+    uint8_t ab[ENG_LANES];
+    for (unsigned t = 0; t < nt; t++) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = ACCLLM_TC_BLOCK
+        for (unsigned c = 0; c < chunks; c++) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = ACCLLM_TC_VEC / ACCLLM_LANES
+#pragma HLS PIPELINE II = 1
+            for (unsigned i = 0; i < ENG_LANES; i++) ab[i] = (uint8_t)a8[t * a_stride + c * ENG_LANES + i];
+            ap_uint<8 * ENG_LANES> d;
+            accllm_set_bytes(d, ab, ENG_LANES);
+            eng_act.write(eng_beat<8 * ENG_LANES>(d, c == chunks - 1));
+        }
+    }
+    eng_write(eng_cmd, ENG_REG_MODE, eng_mode_byte(mode, wbits), false);
+    eng_write(eng_cmd, ENG_REG_NT, nt, false);
+    eng_write(eng_cmd, ENG_REG_K, k, false);
+    unsigned tiles = 0;
+    for (unsigned ch = 0; ch < ENG_CHANNELS; ch++) {
+        const uint64_t off = ENG_SECTION_OFFSET[linear][ch];
+        const unsigned rows = ENG_SECTION_ROWS[linear][ch][1] - ENG_SECTION_ROWS[linear][ch][0];
+        eng_write(eng_cmd, eng_ch_reg(ch, ENG_CH_BASE_LO), (uint32_t)off, false);
+        eng_write(eng_cmd, eng_ch_reg(ch, ENG_CH_BASE_HI), (uint32_t)(off >> 32), false);
+        eng_write(eng_cmd, eng_ch_reg(ch, ENG_CH_ROWS), rows, false);
+        const unsigned t = (rows + ENG_CORES - 1) / ENG_CORES;
+        if (t > tiles) tiles = t;
+    }
+    eng_write(eng_cmd, ENG_REG_CTRL, ENG_CTRL_START, true);  // taken once the vectors are in
+#ifndef __SYNTHESIS__
+    engine_cosim(eng_cmd, eng_act, eng_res);
+#endif
+    // results: tile after tile, channel after channel (each channel's beats are in tile order)
+    int32_t acc[ENG_CORES][CFG::block][CFG::max_vec / CFG::group];
+    uint16_t sc[ENG_CORES][CFG::max_vec / CFG::group];
+    for (unsigned t = 0; t < tiles; t++) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = ACCLLM_TC_ROWS
+        for (unsigned ch = 0; ch < ENG_CHANNELS; ch++) {
+            const unsigned r0 = ENG_SECTION_ROWS[linear][ch][0], r1 = ENG_SECTION_ROWS[linear][ch][1];
+            if (r0 + t * ENG_CORES >= r1) continue;
+            for (unsigned g = 0; g < groups; g++) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = ACCLLM_TC_VEC / ACCLLM_GROUP
+                for (unsigned v = 0; v < nt; v++) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = ACCLLM_TC_BLOCK
+#pragma HLS PIPELINE II = 1
+                    const eng_res_t b = eng_res[ch].read();
+                    for (unsigned c = 0; c < ENG_CORES; c++) {
+                        acc[c][v][g] = (int32_t)(uint32_t)b.data.range(32 * c + 31, 32 * c).to_uint();
+                        sc[c][g] = (uint16_t)b.data.range(32 * ENG_CORES + 16 * c + 15, 32 * ENG_CORES + 16 * c).to_uint();
+                    }
+                }
+            }
+            for (unsigned c = 0; c < ENG_CORES; c++) {
+                const unsigned row = r0 + t * ENG_CORES + c;
+                if (row >= r1) continue;
+                for (unsigned v = 0; v < nt; v++) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = ACCLLM_TC_BLOCK
+                    if (tr_on) store_i32(trace, tr_acc + v * tr_stride + (size_t)row * groups, groups, acc[c][v]);
+                    y[v * y_stride + row] = dequant_row<CFG>(acc[c][v], sc[c], groups, sx[v]);
+                }
+            }
+        }
+    }
 }
+#else
+#define ACCLLM_ENG_PARAMS
+#define ACCLLM_ENG_ARGS
+#define ACCLLM_ENG_PORTS
 #endif
 
 // Activation quantisation of one vector, with its trace.
@@ -542,16 +678,20 @@ template <class CFG> float quant_input(const float *x, unsigned k, typename CFG:
 
 template <class CFG> void linear(const float *x, float *y, const word_t *blob, size_t off, unsigned linear_index,
                                  unsigned n, unsigned k, unsigned mode, unsigned wbits, word_t *trace, bool tr_act_on,
-                                 size_t tr_act, bool tr_acc_on, size_t tr_acc) {
+                                 size_t tr_act, bool tr_acc_on, size_t tr_acc ACCLLM_ENG_PARAMS) {
     check_core_build<CFG>();
     typename CFG::act_t a[CFG::max_vec];
     const float sx = quant_input<CFG>(x, k, a, trace, tr_act_on, tr_act);
     count_weight_bytes(ws_linear_bytes(mode, wbits, CFG::group, n, k));
-#ifdef ACCLLM_ENGINE_LINEAR
+#ifdef ACCLLM_ENGINE_STREAM
     (void)blob; (void)off;
-    static int32_t tr_buf[CFG::max_vec * (CFG::max_vec / CFG::group)];
-    linear_on_engine<CFG>(a, sx, linear_index, y, n, k, mode, wbits, tr_acc_on ? tr_buf : 0);
-    if (tr_acc_on) store_i32(trace, tr_acc, n * (k / CFG::group), tr_buf);
+    int8_t a8[CFG::max_vec];
+    for (unsigned i = 0; i < k; i++) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = ACCLLM_TC_VEC
+        a8[i] = (int8_t)a[i].to_int();
+    }
+    engine_stream_pass<CFG>(linear_index, mode, wbits, a8, 0, &sx, 1, n, k, y, 0, trace, tr_acc_on, tr_acc,
+                            0 ACCLLM_ENG_ARGS);
 #else
     (void)linear_index;
     const unsigned nwords = section_words(off, ws_linear_bits(mode, wbits, CFG::group, n, k));
@@ -634,7 +774,7 @@ template <class CFG> void block_dataflow(const word_t *blob, size_t off, unsigne
 template <class CFG> void linear_block(float (*x)[CFG::max_vec], float (*y)[CFG::max_vec], unsigned nt,
                                        const word_t *blob, size_t off, unsigned linear_index, unsigned n, unsigned k,
                                        unsigned mode, unsigned wbits, word_t *trace, bool tr_act_on, size_t tr_act,
-                                       bool tr_acc_on, size_t tr_acc, size_t tr_stride) {
+                                       bool tr_acc_on, size_t tr_acc, size_t tr_stride ACCLLM_ENG_PARAMS) {
     static typename CFG::act_t a[CFG::block][CFG::max_vec];
     static int8_t a8[CFG::block][CFG::max_vec];
     float sx[CFG::block];
@@ -646,16 +786,12 @@ template <class CFG> void linear_block(float (*x)[CFG::max_vec], float (*y)[CFG:
             a8[t][i] = (int8_t)a[t][i].to_int();
         }
     }
-#ifdef ACCLLM_ENGINE_LINEAR
+#ifdef ACCLLM_ENGINE_STREAM
     // Block mode: the whole block in one engine pass over the linear's weights (the engine's T >= CFG::block).
     (void)blob; (void)off;
     count_weight_bytes(ws_linear_bytes(mode, wbits, CFG::group, n, k));
-    static int32_t tr_buf[CFG::block * CFG::max_vec * (CFG::max_vec / CFG::group)];
-    engine_pass<CFG>(linear_index, mode, wbits, &a8[0][0], CFG::max_vec, sx, nt, n, k, &y[0][0], CFG::max_vec,
-                     tr_acc_on ? tr_buf : 0);
-    if (tr_acc_on)
-        for (unsigned t = 0; t < nt; t++)
-            store_i32(trace, tr_acc + t * tr_stride, n * (k / CFG::group), tr_buf + (size_t)t * n * (k / CFG::group));
+    engine_stream_pass<CFG>(linear_index, mode, wbits, &a8[0][0], CFG::max_vec, sx, nt, n, k, &y[0][0],
+                            CFG::max_vec, trace, tr_acc_on, tr_acc, tr_stride ACCLLM_ENG_ARGS);
 #else
     (void)linear_index;
     count_weight_bytes(ws_linear_bytes(mode, wbits, CFG::group, n, k));
@@ -987,16 +1123,17 @@ template <class CFG> void op_rmsnorm(const word_t *blob, size_t off, float (*src
 }
 
 template <class CFG> void op_linear(const instr_t &in, const word_t *blob, float (*buf)[CFG::block][CFG::max_vec],
-                                    unsigned nt, word_t *trace, bool trace_en, size_t tr_layer, size_t tr_stride) {
+                                    unsigned nt, word_t *trace, bool trace_en, size_t tr_layer,
+                                    size_t tr_stride ACCLLM_ENG_PARAMS) {
     const unsigned wbits = in.wbits ? in.wbits : 2;  // program v1 has no wbits field: W2
     float (*x)[CFG::max_vec] = buf[in.a[0] & 0xFF], (*y)[CFG::max_vec] = buf[(in.a[0] >> 8) & 0xFF];
     const bool ta = trace_en && in.a[5] != NONE, tc = trace_en && in.a[6] != NONE;
     if (nt == 1)  // decode: matrix-vector on the integer core
         linear<CFG>(x[0], y[0], blob, in.a[1], in.a[2], in.a[3], in.a[4], in.mode, wbits, trace, ta,
-                    tr_layer + in.a[5], tc, tr_layer + in.a[6]);
+                    tr_layer + in.a[5], tc, tr_layer + in.a[6] ACCLLM_ENG_ARGS);
     else
         linear_block<CFG>(x, y, nt, blob, in.a[1], in.a[2], in.a[3], in.a[4], in.mode, wbits, trace, ta,
-                          tr_layer + in.a[5], tc, tr_layer + in.a[6], tr_stride);
+                          tr_layer + in.a[5], tc, tr_layer + in.a[6], tr_stride ACCLLM_ENG_ARGS);
 }
 
 template <class CFG> void op_attention(const instr_t &in, const word_t *blob, float (*buf)[CFG::block][CFG::max_vec],
@@ -1039,7 +1176,8 @@ template <class CFG> void op_silu_mul(float (*dst)[CFG::max_vec], float (*src)[C
 // The LM head on the last token of the block: a DENSE W4 linear over the head's weight-stream section, its
 // logits streamed into the on-chip top-K (and written out in full only when logits_en).
 template <class CFG> void op_lmhead(const instr_t &in, const word_t *blob, const float *h, word_t *topk,
-                                    word_t *logits, bool logits_en, word_t *trace, bool trace_en, size_t tr_layer) {
+                                    word_t *logits, bool logits_en, word_t *trace, bool trace_en,
+                                    size_t tr_layer ACCLLM_ENG_PARAMS) {
     if (in.wbits == 0) {  // program v1: args src, embed_off
         count_weight_bytes((uint64_t)CFG::vocab * CFG::hidden * 2);
         head_fp16_dataflow<CFG>(h, blob, in.a[1], topk, logits, logits_en);
@@ -1050,13 +1188,20 @@ template <class CFG> void op_lmhead(const instr_t &in, const word_t *blob, const
     typename CFG::act_t a[CFG::max_vec];
     const float sx = quant_input<CFG>(h, k, a, trace, ta, tr_layer + in.a[5]);
     count_weight_bytes(ws_linear_bytes(MODE_DENSE, in.wbits, CFG::group, n, k));
-#ifdef ACCLLM_ENGINE_LINEAR
+#ifdef ACCLLM_ENGINE_STREAM
     static float y[CFG::vocab];
-    static int32_t tr_buf[CFG::vocab * (CFG::hidden / CFG::group)];
-    linear_on_engine<CFG>(a, sx, in.a[2], y, n, k, MODE_DENSE, in.wbits, tc ? tr_buf : 0);
-    if (tc) store_i32(trace, tr_layer + in.a[6], n * (k / CFG::group), tr_buf);
+    int8_t a8[CFG::max_vec];
+    for (unsigned i = 0; i < k; i++) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = ACCLLM_TC_VEC
+        a8[i] = (int8_t)a[i].to_int();
+    }
+    engine_stream_pass<CFG>(in.a[2], MODE_DENSE, in.wbits, a8, 0, &sx, 1, n, k, y, 0, trace, tc, tr_layer + in.a[6],
+                            0 ACCLLM_ENG_ARGS);
     hls::stream<float> ys("head_logits");
-    for (unsigned r = 0; r < n; r++) ys.write(y[r]);
+    for (unsigned r = 0; r < n; r++) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = ACCLLM_TC_ROWS
+        ys.write(y[r]);
+    }
     topk_sink<CFG>(ys, n, topk, logits, logits_en);
 #else
     const unsigned nwords = section_words(in.a[1], ws_linear_bits(MODE_DENSE, in.wbits, CFG::group, n, k));
@@ -1075,7 +1220,7 @@ template <class CFG> void op_lmhead(const instr_t &in, const word_t *blob, const
 template <class CFG> void run_block(const word_t *program, unsigned n_instr, const word_t *blob, word_t *kv,
                                     const unsigned *tokens, unsigned nt, unsigned pos, word_t *topk, word_t *logits,
                                     bool logits_en, bool last_block, word_t *trace, bool trace_en,
-                                    size_t tr_base) {
+                                    size_t tr_base ACCLLM_ENG_PARAMS) {
     static float buf[NUM_BUFS][CFG::block][CFG::max_vec];
     const size_t tr_stride = (size_t)CFG::layers * CFG::trace_size;
     for (unsigned pc = 0; pc < n_instr; pc++) {
@@ -1085,25 +1230,18 @@ template <class CFG> void run_block(const word_t *program, unsigned n_instr, con
         switch (in.op) {
         case OP_EMBED: op_embed<CFG>(blob, in.a[1], tokens, nt, buf[in.a[0]]); break;
         case OP_RMSNORM: op_rmsnorm<CFG>(blob, in.a[2], buf[in.a[0]], buf[in.a[1]], nt); break;
-        case OP_LINEAR: op_linear<CFG>(in, blob, buf, nt, trace, trace_en, tr_layer, tr_stride); break;
+        case OP_LINEAR: op_linear<CFG>(in, blob, buf, nt, trace, trace_en, tr_layer, tr_stride ACCLLM_ENG_ARGS); break;
         case OP_ATTENTION: op_attention<CFG>(in, blob, buf, nt, pos, kv, trace, trace_en, tr_layer, tr_stride); break;
         case OP_ADD: op_add<CFG>(buf[in.a[0]], buf[in.a[1]], in.a[2], nt); break;
         case OP_SILU_MUL: op_silu_mul<CFG>(buf[in.a[0]], buf[in.a[1]], in.a[2], nt); break;
         case OP_LMHEAD:
             // the head's trace region follows the run's token traces (accllm.sim.golden.head_trace_fields)
             if (last_block) op_lmhead<CFG>(in, blob, buf[in.a[0]][nt - 1], topk, logits, logits_en, trace, trace_en,
-                                          tr_base + nt * tr_stride);
+                                          tr_base + nt * tr_stride ACCLLM_ENG_ARGS);
             break;
         default: return;  // OP_END
         }
     }
-}
-
-// Decode: one token.
-template <class CFG> void run_program(const word_t *program, unsigned n_instr, const word_t *blob, word_t *kv,
-                                      unsigned token, unsigned pos, word_t *topk, word_t *logits, bool logits_en,
-                                      word_t *trace, bool trace_en) {
-    run_block<CFG>(program, n_instr, blob, kv, &token, 1, pos, topk, logits, logits_en, true, trace, trace_en, 0);
 }
 
 }  // namespace accllm

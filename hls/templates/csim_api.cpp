@@ -7,8 +7,8 @@
 
 using accllm::word_t;
 
-extern "C" void accllm_top(const word_t *, unsigned, const word_t *, word_t *, unsigned, unsigned, word_t *,
-                           word_t *, unsigned, word_t *, unsigned);
+extern "C" void accllm_top(const word_t *, unsigned, const word_t *, word_t *, const word_t *, unsigned, unsigned,
+                           word_t *, word_t *, unsigned, word_t *, unsigned ACCLLM_ENG_PARAMS);
 
 namespace {
 
@@ -57,49 +57,35 @@ static const std::vector<word_t> &blob_words(const uint8_t *blob, unsigned long 
     return c.words;
 }
 
-// One kernel run. topk: K uint32 ids then K float32 logits; logits (float32 [vocab]) written when logits_en;
-// trace (int32 [layers * trace_size + the head's region]) when trace_en.
-extern "C" int accllm_csim_step(const uint8_t *program, unsigned n_instr, const uint8_t *blob,
-                                unsigned long long blob_bytes, uint8_t *kv, unsigned token, unsigned pos,
-                                uint8_t *topk, float *logits, unsigned logits_en, int32_t *trace, unsigned trace_en) {
-    std::vector<word_t> prog = to_words(program, 32 * (size_t)n_instr), kvw = to_words(kv, KV_BYTES);
-    std::vector<word_t> topw = to_words(topk, 8 * engine_cfg::topk), lw(engine_cfg::vocab / accllm::WORD_U32 + 2);
-    std::vector<word_t> trw = trace_en ? to_words(trace, 4 * (TRACE_U32 + HEAD_TRACE_U32)) : std::vector<word_t>(1);
-    accllm_top(prog.data(), n_instr, blob_words(blob, blob_bytes).data(), kvw.data(), token, pos, topw.data(),
-               lw.data(), logits_en, trw.data(), trace_en);
-    from_words(kvw, kv, KV_BYTES);
-    from_words(topw, topk, 8 * engine_cfg::topk);
-    if (logits_en) from_words(lw, logits, 4 * (size_t)engine_cfg::vocab);
-    if (trace_en) from_words(trw, trace, 4 * (TRACE_U32 + HEAD_TRACE_U32));
-    return 0;
-}
-
-// Prefill: n tokens at positions pos .. pos + n - 1, in blocks of engine_cfg::block (one weight pass each); the
-// top-K (and logits) are the last token's; token t's trace (trace_en) at trace + t * layers * trace_size.
+// One kernel run (accllm_top) over n tokens at stream positions pos .. pos + n - 1, in blocks of engine_cfg::block
+// (one weight pass each); decode is n = 1. topk: K uint32 ids then K float32 logits of the last token; logits
+// (float32 [vocab]) written when logits_en; trace (int32: token t's layers at t * layers * trace_size, then the LM
+// head's region) when trace_en. Returns 0, or -1 for a run the kernel refuses (n = 0 or n > max_tokens: nothing
+// computed, the top-K ids 0xFFFFFFFF).
 extern "C" int accllm_csim_prefill(const uint8_t *program, unsigned n_instr, const uint8_t *blob,
                                    unsigned long long blob_bytes, uint8_t *kv, const unsigned *tokens, unsigned n,
                                    unsigned pos, uint8_t *topk, float *logits, unsigned logits_en, int32_t *trace,
                                    unsigned trace_en) {
+    const bool ok = n >= 1 && n <= engine_cfg::max_tokens;
+    const size_t trace_bytes = 4 * (TRACE_U32 * (ok ? n : 0) + HEAD_TRACE_U32);
     std::vector<word_t> prog = to_words(program, 32 * (size_t)n_instr), kvw = to_words(kv, KV_BYTES);
+    std::vector<word_t> tokw = to_words(tokens, 4 * (size_t)(ok ? n : 0));
     std::vector<word_t> topw = to_words(topk, 8 * engine_cfg::topk), lw(engine_cfg::vocab / accllm::WORD_U32 + 2);
-    std::vector<word_t> trw = trace_en ? to_words(trace, 4 * (TRACE_U32 * n + HEAD_TRACE_U32)) : std::vector<word_t>(1);
-    const std::vector<word_t> &bw = blob_words(blob, blob_bytes);
-    for (unsigned t0 = 0; t0 < n; t0 += engine_cfg::block) {
-        const unsigned nt = n - t0 < engine_cfg::block ? n - t0 : engine_cfg::block;
-        accllm::run_block<engine_cfg>(prog.data(), n_instr, bw.data(), kvw.data(), tokens + t0, nt, pos + t0,
-                                      topw.data(), lw.data(), logits_en != 0, t0 + nt == n, trw.data(),
-                                      trace_en != 0, t0 * TRACE_U32);
-    }
+    std::vector<word_t> trw = trace_en ? to_words(trace, trace_bytes) : std::vector<word_t>(1);
+    ACCLLM_ENG_PORTS  // the engine's streams (ACCLLM_ENGINE_STREAM co-simulation)
+    accllm_top(prog.data(), n_instr, blob_words(blob, blob_bytes).data(), kvw.data(), tokw.data(), n, pos,
+               topw.data(), lw.data(), logits_en, trw.data(), trace_en ACCLLM_ENG_ARGS);
     from_words(kvw, kv, KV_BYTES);
     from_words(topw, topk, 8 * engine_cfg::topk);
     if (logits_en) from_words(lw, logits, 4 * (size_t)engine_cfg::vocab);
-    if (trace_en) from_words(trw, trace, 4 * (TRACE_U32 * n + HEAD_TRACE_U32));
-    return 0;
+    if (trace_en) from_words(trw, trace, trace_bytes);
+    return ok ? 0 : -1;
 }
 
 extern "C" unsigned accllm_csim_trace_size() { return engine_cfg::trace_size; }
 extern "C" unsigned accllm_csim_head_trace_size() { return HEAD_TRACE_U32; }
 extern "C" unsigned accllm_csim_prefill_block() { return engine_cfg::block; }
+extern "C" unsigned accllm_csim_max_tokens() { return engine_cfg::max_tokens; }
 extern "C" unsigned accllm_csim_topk() { return engine_cfg::topk; }
 extern "C" unsigned accllm_csim_word_bits() { return ACCLLM_WORD_BITS; }
 extern "C" unsigned long long accllm_csim_weight_bytes() { return accllm::weight_bytes_read(); }

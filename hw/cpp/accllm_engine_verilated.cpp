@@ -1,16 +1,18 @@
-// accllm_engine_linear() backed by the Verilated multi-channel engine (hw/rtl/accllm_engine.sv): the kernel's
-// "run linear i on the engine" seam (hls/templates/accllm_kernel.h, ACCLLM_ENGINE_LINEAR; contract 6 of the
-// project: nt <= T activation vectors against one weight pass) drives the engine's ports one clock at a time, as a
-// host or control kernel would:
-//   nt activation vectors into s_axis_act, registers over AXI4-Lite (MODE = mode | wbits << 4, NT, K, per channel
-//   BASE and ROWS, CTRL.start),
-//   each channel's AXI4 read master served by a memory model holding that channel's region of the build's
-//   weights.engine (accllm.hls.engine_image), results collected from every channel's AXI4-Stream.
+// The Verilated multi-channel engine (hw/rtl/accllm_engine.sv) behind the HLS kernel's engine streams, for C/RTL
+// co-simulation (accllm.hw.engine_native; the kernel built with ACCLLM_ENGINE_STREAM, hls/templates/accllm_kernel.h):
+// the kernel writes one operation's command beats (register writes: MODE = mode | wbits << 4, NT, K, per channel
+// BASE = the section's offset in the channel's region and ROWS, CTRL.start with tlast; accllm.sim.engine_regs) and
+// its activation beats; accllm_engine_streams() drives exactly those beats, with their tlast, into s_axis_cmd and
+// s_axis_act (both at once, with random gaps: the engine's start waits for the activations), runs the engine one
+// clock at a time until every channel's result stream has ended with tlast, and keeps the result beats, which the
+// kernel reads back into its per-channel result streams. As a host would, the harness sets each channel's REGION
+// over AXI4-Lite once (its region of the build's weights.engine, accllm.hls.engine_image, sits above 4 GiB) and
+// reads CTRL, CYCLES and WORDS_READ over AXI4-Lite after each operation.
 // Memory model: a burst's first beat is ready LATENCY cycles after its address handshake, bursts overlap (as many
 // in flight as the engine issues), ARREADY / RVALID / TREADY drop at random with the set percentages. Every
 // request is checked against the AXI4 rules the engine must keep (INCR, full-width beats, no 4 KiB crossing,
-// inside the channel's region); a violation, a wrong output count or tlast, WORDS_READ differing from the
-// sections' words, or a hung operation counts as a protocol error.
+// inside the channel's region); a violation, commands that name no linear of the image, a wrong output count or
+// tlast, WORDS_READ differing from the sections' words, or a hung operation counts as a protocol error.
 // Parameters (compile-time, must match the Verilated model): ENG_CHANNELS, ENG_CORES, ENG_LANES, ENG_W, ENG_GROUP,
 // ENG_T (vectors per weight pass).
 #include <cstdio>
@@ -20,7 +22,10 @@
 #include <vector>
 
 #include "Vaccllm_engine.h"
+#include "accllm_engine_regs.h"  // generated from accllm.sim.engine_regs
 #include "verilated.h"
+
+using namespace accllm_engine_regs;
 
 namespace {
 
@@ -45,6 +50,8 @@ uint64_t g_rng = 1;
 uint32_t g_offered = 0;  // channels whose R beat was offered and not yet taken: it stays (AXI4)
 bool g_log_on = false;
 std::vector<Record> g_log;
+std::vector<std::vector<std::vector<uint32_t>>> g_out(CH);  // the last operation's result beats (16-bit pieces)
+std::vector<std::vector<uint8_t>> g_lasts(CH);
 
 bool stall(unsigned pct) {
     if (!pct) return false;
@@ -203,15 +210,21 @@ void init() {
     g_top->s_axil_awprot = g_top->s_axil_arprot = 0;
     g_top->s_axis_act_tvalid = 0;
     g_top->s_axis_act_tlast = 0;
+    g_top->s_axis_cmd_tvalid = 0;
+    g_top->s_axis_cmd_tlast = 0;
     g_top->m_axi_rresp = 0;
     g_top->m_axi_rid = 0;
     for (int i = 0; i < 4; i++) tick();
     g_top->rst_n = 1;
     tick();
-    const uint32_t info = axil_read(0x010, 0);
+    const uint32_t info = axil_read(ENG_REG_INFO, 0);
     if ((info & 0xFF) != CH || ((info >> 8) & 0xFF) != CORES || ((info >> 16) & 0xFF) != LANES)
         error("INFO register disagrees with the harness parameters", 0);
-    if (axil_read(0x020, 0) != ENG_T) error("T register disagrees with the harness parameters", 0);
+    if (axil_read(ENG_REG_T, 0) != ENG_T) error("T register disagrees with the harness parameters", 0);
+    for (unsigned ch = 0; ch < CH; ch++) {  // the host places each channel's region of the image
+        axil_write(eng_region_reg(ch, ENG_REGION_LO), (uint32_t)MEM_BASE, 0);
+        axil_write(eng_region_reg(ch, ENG_REGION_HI), (uint32_t)(MEM_BASE >> 32), 0);
+    }
 }
 
 // Record bits of a DENSE/SPARSE record with wbits-bit codes (accllm.sim.weight_stream.StreamFormat.record_bits).
@@ -219,107 +232,136 @@ unsigned record_bits(unsigned mode, unsigned wbits, unsigned group) {
     return mode == 1 ? 16 + wbits + group * wbits / 2 + 3 * group / 4 : 16 + wbits + group * wbits;
 }
 
+// The registers an operation's command beats write (the engine's copy, decoded the same way).
+struct OpRegs { uint32_t mode = 0, nt = 1, k = 0; uint64_t base[CH] = {}; uint32_t rows[CH] = {}; unsigned starts = 0; };
+
 }  // namespace
 
-// Linear ``linear`` of the engine image on nt <= T activation vectors a[nt][k] in one weight pass: accumulators
-// acc[nt][n][k / GROUP] and the records' fp16 scales scale[n][k / GROUP]. mode 0 DENSE / 1 SPARSE, wbits 2 or 4.
-extern "C" void accllm_engine_linear(unsigned linear, unsigned mode, unsigned wbits, const int8_t *a, unsigned nt,
-                                     unsigned k, unsigned n, int32_t *acc, uint16_t *scale) {
+// One operation from the kernel's streams: n_cmd command beats (tdata, tlast) and n_act activation beats (LANES
+// bytes each, tlast). Returns the number of result beats kept (accllm_engine_result_count / accllm_engine_result).
+extern "C" unsigned accllm_engine_streams(const uint64_t *cmd, const uint8_t *cmd_last, unsigned n_cmd,
+                                          const uint8_t *act, const uint8_t *act_last, unsigned n_act) {
     if (!g_top) init();
-    const unsigned group = ENG_GROUP, groups = k / group;
-    std::memset(acc, 0, sizeof(int32_t) * (size_t)nt * n * groups);
-    std::memset(scale, 0, sizeof(uint16_t) * (size_t)n * groups);
-    if (linear >= g_linears || k % group || k % LANES) { error("linear not in the engine image, or bad K", linear); return; }
-    if (nt < 1 || nt > ENG_T) { error("nt outside 1..T", linear); return; }
-    if (mode > 1 || (wbits != 2 && wbits != 4)) { error("a linear runs DENSE or SPARSE with 2- or 4-bit codes", linear); return; }
-    const Section *sec = &g_sections[(size_t)linear * CH];
-    if (sec[CH - 1].r1 != n) { error("the image's rows differ from the program's N", linear); return; }
-    const uint64_t start = g_cycles;
-    // activations, LANES int8 values a beat, vector after vector (tlast ends each), while the engine is idle
-    for (unsigned t = 0; t < nt; t++)
-        for (unsigned c = 0; c < k / LANES; c++) {
-            const int8_t *src = a + (size_t)t * k + c * LANES;
-            for (unsigned j = 0; j < LANES / 4; j++) {
-                uint32_t v = 0;
-                for (unsigned i = 0; i < 4; i++) v |= (uint32_t)(uint8_t)src[4 * j + i] << (8 * i);
-                set_word(g_top->s_axis_act_tdata, j, v);
-            }
-            g_top->s_axis_act_tlast = c == k / LANES - 1;
-            g_top->s_axis_act_tvalid = 1;
-            unsigned spins = 0;
-            for (;;) {
-                g_top->clk = 0;
-                g_top->eval();
-                const bool fire = g_top->s_axis_act_tready;
-                cycle(nullptr, nullptr, linear);
-                if (fire) break;
-                if (++spins > IDLE_LIMIT) { error("activation stream not accepted", linear); return; }
-            }
+    for (unsigned ch = 0; ch < CH; ch++) { g_out[ch].clear(); g_lasts[ch].clear(); }
+    OpRegs r;
+    for (unsigned i = 0; i < n_cmd; i++) {
+        const unsigned addr = eng_cmd_addr(cmd[i]);
+        const uint32_t data = eng_cmd_data(cmd[i]);
+        if (addr == ENG_REG_MODE) r.mode = data;
+        else if (addr == ENG_REG_NT) r.nt = data;
+        else if (addr == ENG_REG_K) r.k = data;
+        else if (addr == ENG_REG_CTRL && (data & ENG_CTRL_START)) r.starts++;
+        for (unsigned ch = 0; ch < CH; ch++) {
+            if (addr == eng_ch_reg(ch, ENG_CH_BASE_LO)) r.base[ch] = (r.base[ch] & ~0xFFFFFFFFull) | data;
+            if (addr == eng_ch_reg(ch, ENG_CH_BASE_HI)) r.base[ch] = (r.base[ch] & 0xFFFFFFFFull) | (uint64_t)data << 32;
+            if (addr == eng_ch_reg(ch, ENG_CH_ROWS)) r.rows[ch] = data;
         }
-    g_top->s_axis_act_tvalid = 0;
-    g_top->s_axis_act_tlast = 0;
-    axil_write(0x004, mode | wbits << 4, linear);
-    axil_write(0x01C, nt, linear);
-    axil_write(0x008, k, linear);
+    }
+    const unsigned mode = r.mode & 3, wbits = (r.mode >> 4) & 15, nt = r.nt ? r.nt : 1, k = r.k;
+    // which linear of the image the commands name: every channel's BASE and ROWS are its sections'
+    unsigned linear = g_linears;
+    for (unsigned l = 0; l < g_linears && linear == g_linears; l++) {
+        bool same = true;
+        for (unsigned ch = 0; ch < CH; ch++) {
+            const Section &sec = g_sections[(size_t)l * CH + ch];
+            same = same && sec.offset == r.base[ch] && sec.r1 - sec.r0 == r.rows[ch];
+        }
+        if (same) linear = l;
+    }
+    if (n_cmd == 0 || r.starts != 1 || !cmd_last[n_cmd - 1] || eng_cmd_addr(cmd[n_cmd - 1]) != ENG_REG_CTRL)
+        error("the command beats are not one operation ending with CTRL.start and tlast", linear);
+    if (linear == g_linears) { error("the commands name no linear of the engine image", linear); return 0; }
+    const unsigned group = ENG_GROUP, groups = k / group;
+    if (k % group || k % LANES || mode > 1 || (wbits != 2 && wbits != 4) || nt > ENG_T) {
+        error("a linear runs DENSE or SPARSE, 2- or 4-bit codes, K a multiple of GROUP, nt <= T", linear);
+        return 0;
+    }
+    unsigned vectors = 0;
+    for (unsigned i = 0; i < n_act; i++) vectors += act_last[i] != 0;
+    if (n_act != nt * (k / LANES) || vectors != nt || !act_last[n_act - 1])
+        error("activation beats are not NT vectors of K / LANES beats, each ending with tlast", linear);
     std::vector<unsigned> want(CH), words(CH);
     const unsigned rec_bits = record_bits(mode, wbits, group);
     for (unsigned ch = 0; ch < CH; ch++) {
-        const uint64_t base = MEM_BASE + sec[ch].offset;
-        const unsigned rows = sec[ch].r1 - sec[ch].r0, tiles = (rows + CORES - 1) / CORES;
+        const unsigned tiles = (r.rows[ch] + CORES - 1) / CORES;
         want[ch] = tiles * groups * nt;
         words[ch] = (unsigned)(((uint64_t)tiles * groups * CORES * rec_bits + W - 1) / W);
-        axil_write(0x100 + 16 * ch, (uint32_t)base, linear);
-        axil_write(0x104 + 16 * ch, (uint32_t)(base >> 32), linear);
-        axil_write(0x108 + 16 * ch, rows, linear);
     }
-    std::vector<std::vector<std::vector<uint32_t>>> out(CH);
-    std::vector<std::vector<uint8_t>> lasts(CH);
-    axil_write(0x000, 1, linear);
+    const uint64_t start = g_cycles;
+    // both input streams at once, each beat held until taken, a random gap now and then
+    unsigned ci = 0, ai = 0;
     uint64_t idle = 0;
+    bool ended[CH] = {};
     for (;;) {
         bool all = true;
-        for (unsigned ch = 0; ch < CH; ch++) all = all && out[ch].size() >= want[ch];
-        if (all) break;
-        size_t before = 0;
-        for (unsigned ch = 0; ch < CH; ch++) before += out[ch].size();
-        cycle(&out, &lasts, linear);
-        size_t after = 0;
-        for (unsigned ch = 0; ch < CH; ch++) after += out[ch].size();
-        idle = after != before ? 0 : idle + 1;
-        if (idle > IDLE_LIMIT) { error("hung: output beats missing", linear); break; }
+        for (unsigned ch = 0; ch < CH; ch++) all = all && (want[ch] == 0 || ended[ch]);
+        if (all && ci == n_cmd && ai == n_act) break;
+        const bool cv = ci < n_cmd && (g_top->s_axis_cmd_tvalid || !stall(g_out_stall));
+        const bool av = ai < n_act && (g_top->s_axis_act_tvalid || !stall(g_out_stall));
+        g_top->s_axis_cmd_tvalid = cv;
+        if (cv) {
+            g_top->s_axis_cmd_tdata = cmd[ci];
+            g_top->s_axis_cmd_tlast = cmd_last[ci];
+        }
+        g_top->s_axis_act_tvalid = av;
+        if (av) {
+            for (unsigned j = 0; j < LANES / 4; j++) {
+                uint32_t v = 0;
+                for (unsigned b = 0; b < 4; b++) v |= (uint32_t)act[(size_t)ai * LANES + 4 * j + b] << (8 * b);
+                set_word(g_top->s_axis_act_tdata, j, v);
+            }
+            g_top->s_axis_act_tlast = act_last[ai];
+        }
+        g_top->clk = 0;
+        g_top->eval();
+        const bool cfire = cv && g_top->s_axis_cmd_tready, afire = av && g_top->s_axis_act_tready;
+        size_t before = 0, after = 0;
+        for (unsigned ch = 0; ch < CH; ch++) before += g_out[ch].size();
+        cycle(&g_out, &g_lasts, linear);
+        for (unsigned ch = 0; ch < CH; ch++) {
+            after += g_out[ch].size();
+            if (!g_lasts[ch].empty() && g_lasts[ch].back()) ended[ch] = true;
+        }
+        if (cfire) { ci++; g_top->s_axis_cmd_tvalid = 0; }
+        if (afire) { ai++; g_top->s_axis_act_tvalid = 0; }
+        idle = (after != before || cfire || afire) ? 0 : idle + 1;
+        if (idle > IDLE_LIMIT) { error("hung: beats not taken or results missing", linear); break; }
     }
+    g_top->s_axis_cmd_tvalid = 0;
+    g_top->s_axis_act_tvalid = 0;
     uint32_t ctrl = 0;
-    for (unsigned i = 0; i < 50 && !(ctrl & 2); i++) ctrl = axil_read(0x000, linear);
-    if (!(ctrl & 2)) error("CTRL.done not set after the last output beat", linear);
-    const uint32_t cycles = axil_read(0x00C, linear);
+    for (unsigned i = 0; i < 50 && !(ctrl & ENG_CTRL_DONE); i++) ctrl = axil_read(ENG_REG_CTRL, linear);
+    if (!(ctrl & ENG_CTRL_DONE)) error("CTRL.done not set after the last output beat", linear);
+    const uint32_t cycles = axil_read(ENG_REG_CYCLES, linear);
     uint64_t words_read = 0;
+    unsigned kept = 0;
     for (unsigned ch = 0; ch < CH; ch++) {
-        const uint32_t wr = axil_read(0x10C + 16 * ch, linear);
+        const uint32_t wr = axil_read(eng_ch_reg(ch, ENG_CH_WORDS_READ), linear);
         words_read += wr;
         if (wr != words[ch]) error("WORDS_READ differs from the section's words", linear);
-        if (out[ch].size() != want[ch]) error("wrong number of output beats", linear);
-        for (size_t i = 0; i < lasts[ch].size(); i++)
-            if (lasts[ch][i] != (i + 1 == want[ch])) error("tlast on the wrong beat", linear);
-        // beat i = (super-record i / nt, vector i % nt); super-record (tile t, record g): core c -> row r0 + t*CORES + c
-        for (size_t i = 0; i < out[ch].size() && i < want[ch]; i++) {
-            const unsigned sr = (unsigned)(i / nt), v = (unsigned)(i % nt), t = sr / groups, g = sr % groups;
-            for (unsigned c = 0; c < CORES; c++) {
-                const unsigned row = sec[ch].r0 + t * CORES + c;
-                if (row >= sec[ch].r1) continue;
-                const std::vector<uint32_t> &b = out[ch][i];
-                acc[((size_t)v * n + row) * groups + g] = (int32_t)(b[2 * c] | (b[2 * c + 1] << 16));
-                uint16_t &s = scale[(size_t)row * groups + g];
-                if (v == 0) s = (uint16_t)b[2 * CORES + c];
-                else if (s != (uint16_t)b[2 * CORES + c]) error("a record's scale differs between vectors", linear);
-            }
-        }
+        if (g_out[ch].size() != want[ch]) error("wrong number of output beats", linear);
+        for (size_t i = 0; i < g_lasts[ch].size(); i++)
+            if (g_lasts[ch][i] != (i + 1 == want[ch])) error("tlast on the wrong beat", linear);
+        kept += (unsigned)g_out[ch].size();
     }
     for (unsigned ch = 0; ch < CH; ch++)
         if (!g_q[ch].empty()) error("read bursts left outstanding after done", linear);
     g_calls++;
     g_engine_cycles += cycles;
     g_words += words_read;
-    if (g_log_on) g_log.push_back({linear, mode, n, k, cycles, words_read, g_cycles - start, nt, wbits});
+    unsigned rows = 0;
+    for (unsigned ch = 0; ch < CH; ch++) rows += r.rows[ch];
+    if (g_log_on) g_log.push_back({linear, mode, rows, k, cycles, words_read, g_cycles - start, nt, wbits});
+    return kept;
+}
+
+extern "C" unsigned accllm_engine_result_count(unsigned ch) { return ch < CH ? (unsigned)g_out[ch].size() : 0; }
+
+// Result beat i of channel ch: its 3 * CORES 16-bit pieces (CORES accumulators as two pieces each, low first,
+// then CORES fp16 scales) and its tlast.
+extern "C" void accllm_engine_result(unsigned ch, unsigned i, uint16_t *beat, uint8_t *last) {
+    for (unsigned j = 0; j < OUT_BITS / 16; j++) beat[j] = (uint16_t)g_out[ch][i][j];
+    *last = g_lasts[ch][i];
 }
 
 // ---------------------------------------------------------------- ctypes interface (accllm.hw.engine_native)

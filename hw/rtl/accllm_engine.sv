@@ -1,9 +1,10 @@
 // accllm_engine: the accelerator's integer engine. CHANNELS memory channels, each an AXI4 read master (bursts,
 // several reads in flight, full-width beats) feeding CORES cores from its weight stream; int8 activations
 // broadcast to every channel; results out as one AXI4-Stream per channel. The memory format is defined once in
-// accllm.sim.weight_stream; the arithmetic in accllm.sim.golden_core.
+// accllm.sim.weight_stream; the arithmetic in accllm.sim.golden_core; the registers and the command encoding in
+// accllm.sim.engine_regs (generated into the kernel's accllm_engine_regs.h).
 //
-// AXI4-Lite registers (32-bit, byte addresses):
+// Registers (32-bit, byte addresses), written over AXI4-Lite (host, debug) or the command stream (HLS kernel):
 //   0x000 CTRL     W: bit0 = start.  R: bit0 busy, bit1 done (set when every channel finished, cleared by start)
 //   0x004 MODE     the program's mode byte: [1:0] mode (0 dense, 1 2:4 sparse, 2 QK, 3 PV), [7:4] weight code
 //                  width of DENSE/SPARSE (2 or 4; 0 reads as 2; 4 needs a WBITS = 4 build)
@@ -15,14 +16,23 @@
 //   0x018 K_MAX    R
 //   0x01C NT       activation vectors of the operation, 1..T (0 reads as 1; DENSE/SPARSE only, QK/PV run one)
 //   0x020 T        R: vectors the activation RAM holds (block mode)
-//   0x100 + 16*ch  BASE_LO, +4 BASE_HI (word-aligned byte address of the channel's section), +8 ROWS,
+//   0x100 + 16*ch  BASE_LO, +4 BASE_HI (word-aligned byte offset of the channel's section in its region), +8 ROWS,
 //                  +12 WORDS_READ (R: words received by the last operation)
+//   0x800 + 8*ch   REGION_LO, +4 REGION_HI: byte address of the channel's region (reset 0); the channel reads
+//                  from REGION + BASE. The host sets REGION where it loaded each channel's part of the engine image
+//                  (weights.engine); the kernel sets BASE per operation from the compiled section table.
+// Command stream s_axis_cmd: one beat per register write, tdata[11:0] address, tdata[63:32] value, tlast on an
+// operation's last beat (its CTRL.start; not needed by the engine). Beats are taken only while the engine is idle
+// (registers stay stable from start to done), and a CTRL.start beat only once the operation's activation vectors
+// (NT for DENSE/SPARSE, 1 for QK/PV) have arrived since the last start, so the two streams need no ordering
+// between them (the HLS kernel sends the activations first: nothing it writes waits on a later beat). AXI4-Lite and the stream share one register-write port; an AXI4-Lite
+// write goes first when both come in one cycle (the beat waits). An AXI4-Lite start does not wait for activations.
 // Activations: s_axis_act, LANES int8 values per beat from index 0, tlast on the last beat of each vector; load
 // the NT vectors of an operation one after another while the engine is idle (vector 0 first; start rewinds to
 // vector 0; beats past T vectors are dropped). Results: per channel m_axis (tdata 48*CORES bits: CORES signed
 // 32-bit accumulators, then CORES fp16 scales; tlast on the channel's last beat), one beat per closed
 // accumulation: DENSE/SPARSE NT beats per super-record (vector 0 first), QK/PV one per row tile
-// (accllm.sim.weight_stream.output_beats).
+// (accllm.sim.weight_stream.output_beats). Completion for a kernel: tlast on every channel with rows.
 //
 // Ports are flat vectors (channel ch at [ch*WIDTH +: WIDTH]) so every tool reads them.
 module accllm_engine #(
@@ -61,6 +71,11 @@ module accllm_engine #(
     output logic [1:0]                    s_axil_rresp,
     output logic                          s_axil_rvalid,
     input  logic                          s_axil_rready,
+    // commands: register writes (accllm.sim.engine_regs)
+    input  logic [63:0]                   s_axis_cmd_tdata,
+    input  logic                          s_axis_cmd_tvalid,
+    output logic                          s_axis_cmd_tready,
+    input  logic                          s_axis_cmd_tlast,
     // activations
     input  logic [8*LANES-1:0]            s_axis_act_tdata,
     input  logic                          s_axis_act_tvalid,
@@ -94,6 +109,8 @@ module accllm_engine #(
     logic [7:0] nt;
     logic [31:0] k, cycles;
     logic [ADDR_W-1:0] base [CHANNELS];
+    logic [ADDR_W-1:0] region [CHANNELS];
+    logic [ADDR_W-1:0] addr0 [CHANNELS];  // region + base, registered (the reader latches it cycles after start)
     logic [31:0] rows [CHANNELS];
     logic [31:0] words_read [CHANNELS];
     logic [CHANNELS-1:0] ch_done;
@@ -104,12 +121,27 @@ module accllm_engine #(
     logic [11:0] aw_q;
     logic [31:0] w_q;
     logic do_write;
+    // the one register-write port: an AXI4-Lite write, else a command beat
+    logic wr_en, cmd_fire, cmd_start, act_enough;
+    logic [11:0] wr_addr;
+    logic [31:0] wr_data;
+    logic [7:0] act_vec;
 
     assign s_axil_awready = !aw_have && !s_axil_bvalid;
     assign s_axil_wready = !w_have && !s_axil_bvalid;
     assign s_axil_bresp = 2'b00;
     assign do_write = aw_have && w_have && !s_axil_bvalid;
-    assign start = do_write && aw_q == 12'h000 && w_q[0] && !busy;
+    assign cmd_start = s_axis_cmd_tdata[11:0] == 12'h000 && s_axis_cmd_tdata[32];
+    // vectors the operation needs before a command-stream start: NT for DENSE/SPARSE (at most T), one for QK/PV
+    logic [7:0] act_need;
+    assign act_need = mode[1] || nt == 8'd0 ? 8'd1 : (nt > 8'(T) ? 8'(T) : nt);
+    assign act_enough = act_vec >= act_need;
+    assign s_axis_cmd_tready = !busy && !do_write && (!cmd_start || act_enough);
+    assign cmd_fire = s_axis_cmd_tvalid && s_axis_cmd_tready;
+    assign wr_en = do_write || cmd_fire;
+    assign wr_addr = do_write ? aw_q : s_axis_cmd_tdata[11:0];
+    assign wr_data = do_write ? w_q : s_axis_cmd_tdata[63:32];
+    assign start = wr_en && wr_addr == 12'h000 && wr_data[0] && !busy;
 
     always_ff @(posedge clk) begin
         if (!rst_n) begin
@@ -123,6 +155,7 @@ module accllm_engine #(
             for (int ch = 0; ch < CHANNELS; ch++) begin
                 base[ch] <= '0;
                 rows[ch] <= '0;
+                region[ch] <= '0;
             end
         end else begin
             if (s_axil_awvalid && s_axil_awready) begin
@@ -137,19 +170,23 @@ module accllm_engine #(
                 aw_have <= 1'b0;
                 w_have <= 1'b0;
                 s_axil_bvalid <= 1'b1;
-                case (aw_q)
+            end
+            if (wr_en) begin
+                case (wr_addr)
                     12'h004: begin
-                        mode <= w_q[1:0];
-                        wbits <= w_q[7:4];
+                        mode <= wr_data[1:0];
+                        wbits <= wr_data[7:4];
                     end
-                    12'h008: k <= w_q;
-                    12'h01C: nt <= w_q[7:0];
+                    12'h008: k <= wr_data;
+                    12'h01C: nt <= wr_data[7:0];
                     default: ;
                 endcase
                 for (int ch = 0; ch < CHANNELS; ch++) begin
-                    if (aw_q == 12'(256 + 16 * ch)) base[ch][31:0] <= w_q;
-                    if (aw_q == 12'(256 + 16 * ch + 4)) base[ch][ADDR_W-1:32] <= (ADDR_W - 32)'(w_q);
-                    if (aw_q == 12'(256 + 16 * ch + 8)) rows[ch] <= w_q;
+                    if (wr_addr == 12'(256 + 16 * ch)) base[ch][31:0] <= wr_data;
+                    if (wr_addr == 12'(256 + 16 * ch + 4)) base[ch][ADDR_W-1:32] <= (ADDR_W - 32)'(wr_data);
+                    if (wr_addr == 12'(256 + 16 * ch + 8)) rows[ch] <= wr_data;
+                    if (wr_addr == 12'(2048 + 8 * ch)) region[ch][31:0] <= wr_data;
+                    if (wr_addr == 12'(2048 + 8 * ch + 4)) region[ch][ADDR_W-1:32] <= (ADDR_W - 32)'(wr_data);
                 end
             end
             if (s_axil_bvalid && s_axil_bready) s_axil_bvalid <= 1'b0;
@@ -177,6 +214,8 @@ module accllm_engine #(
             if (s_axil_araddr == 12'(256 + 16 * ch + 4)) rd_value = 32'(base[ch] >> 32);
             if (s_axil_araddr == 12'(256 + 16 * ch + 8)) rd_value = rows[ch];
             if (s_axil_araddr == 12'(256 + 16 * ch + 12)) rd_value = words_read[ch];
+            if (s_axil_araddr == 12'(2048 + 8 * ch)) rd_value = region[ch][31:0];
+            if (s_axil_araddr == 12'(2048 + 8 * ch + 4)) rd_value = 32'(region[ch] >> 32);
         end
     end
 
@@ -213,7 +252,6 @@ module accllm_engine #(
     // Chunk c of vector v goes to bank entry v * ACT_BANK + c / 2 of the even (c even) or odd bank.
     localparam int ACT_BANK = (K_MAX / LANES + 1) / 2;
     logic [31:0] act_ptr, act_vbase;
-    logic [7:0] act_vec;
     logic act_in, act_we;
     assign s_axis_act_tready = !busy;
     assign act_in = s_axis_act_tvalid && s_axis_act_tready;
@@ -232,6 +270,9 @@ module accllm_engine #(
         end
     end
 
+    always_ff @(posedge clk)
+        for (int ch = 0; ch < CHANNELS; ch++) addr0[ch] <= region[ch] + base[ch];
+
     // ---------------- channels ----------------
     for (genvar ch = 0; ch < CHANNELS; ch++) begin : g_ch
         accllm_engine_channel #(
@@ -239,7 +280,7 @@ module accllm_engine #(
             .GROUP(GROUP), .WBITS(WBITS), .K_MAX(K_MAX), .T(T), .OUT_DEPTH(OUT_DEPTH)
         ) u_ch (
             .clk(clk), .rst_n(rst_n),
-            .start(start), .mode(mode), .wb4(wbits == 4'd4), .nt(nt), .k(k), .rows(rows[ch]), .base(base[ch]),
+            .start(start), .mode(mode), .wb4(wbits == 4'd4), .nt(nt), .k(k), .rows(rows[ch]), .base(addr0[ch]),
             .done(ch_done[ch]), .words_read(words_read[ch]),
             .act_we(act_we), .act_addr(act_vbase + (act_ptr >> 1)), .act_odd_w(act_ptr[0]),
             .act_data(s_axis_act_tdata),
@@ -255,5 +296,5 @@ module accllm_engine #(
     end
 
     logic unused;
-    assign unused = ^{s_axil_awprot, s_axil_arprot, s_axil_wstrb};
+    assign unused = ^{s_axil_awprot, s_axil_arprot, s_axil_wstrb, s_axis_cmd_tlast, s_axis_cmd_tdata[31:12]};
 endmodule
