@@ -370,8 +370,19 @@ extern "C" {
 
 // The engine image: channel regions (bytes) and, per linear and channel, the section's offset in its region and
 // its rows [r0, r1) of the linear.
+// Loading an image restarts the engine from reset with empty memory queues (as a host resets the engine when it
+// loads a new image): nothing a previous run left in flight reaches the next one.
 void accllm_engine_image(const uint8_t *image, const uint64_t *region_offset, const uint64_t *region_bytes,
                          unsigned linears, const uint64_t *sections) {
+    if (g_top) {
+        g_top->final();
+        delete g_top;
+        delete g_ctx;
+        g_top = nullptr;
+        g_ctx = nullptr;
+    }
+    for (unsigned ch = 0; ch < CH; ch++) { g_q[ch].clear(); g_out[ch].clear(); g_lasts[ch].clear(); }
+    g_offered = 0;
     for (unsigned ch = 0; ch < CH; ch++)
         g_mem[ch].assign(image + region_offset[ch], image + region_offset[ch] + region_bytes[ch]);
     g_linears = linears;
