@@ -2,7 +2,8 @@
 
 The builder only orders steps and decides which must run: each step function lives in the folder
 that owns its work and is named here by import path. A step is skipped only when the hash of its inputs —
-the flow-file sections it reads plus the artifacts of the steps it consumes — equals the one recorded when its
+the flow-file sections it reads, the artifacts of the steps it consumes and the source of the package folders its
+code lives in (:func:`code_hash`) — equals the one recorded when its
 artifact was made *and* every file of that artifact still has its recorded sha256 (``state.json``, see
 :mod:`accllm.host.flow_state`). A step writes into a temporary folder beside its own, renamed into place when
 it returns: a killed step leaves no half-written artifact under the step's name. A step's verification is
@@ -10,6 +11,7 @@ cached with it, keyed by its inputs and artifact.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -26,7 +28,7 @@ from typing import Callable
 from .flow_config import DEFAULT_FLOW, FlowConfig, FlowError, load_flow
 from .flow_report import write_report
 from .flow_state import artifact_files, artifact_path, files_digest, intact, read_state, write_state
-from .flow_steps import STEP_NAMES, STEPS, Step
+from .flow_steps import STEP_NAMES, STEPS, Step, step_layers
 
 @dataclass
 class StepContext:
@@ -52,11 +54,30 @@ def _lookup(d: dict, dotted: str):
     return d
 
 
+# Source files whose content defines what a step does: code, kernel templates, RTL, recipes, data tables and the
+# bundled model.
+CODE_SUFFIXES = {".py", ".h", ".cpp", ".sv", ".v", ".tcl", ".json", ".jinja", ".yaml", ".safetensors"}
+
+
+@functools.lru_cache(maxsize=None)
+def code_hash(layers: tuple[str, ...]) -> str:
+    """sha256 over the source files of the package folders ``layers`` (paths and contents): a build made by other
+    code (an upgraded accllm, an edited kernel template) is not taken for current."""
+    h = hashlib.sha256()
+    for layer in layers:
+        root = Path(importlib.import_module(f"accllm.{layer}").__file__).parent
+        for f in sorted(root.rglob("*")):
+            if f.suffix in CODE_SUFFIXES and f.is_file() and "__pycache__" not in f.parts:
+                h.update(f"{layer}/{f.relative_to(root).as_posix()}".encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
 def input_hash(step: Step, flow: "FlowConfig", artifact_hashes: dict[str, str]) -> str:
     data = {
         "step": step.name,
         "reads": {k: _lookup(flow.model_dump(mode="json"), k) for k in step.reads},
         "consumes": {c: artifact_hashes.get(c) for c in step.consumes + step.uses},
+        "code": code_hash(step_layers(step)),
     }
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 

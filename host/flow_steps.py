@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The package's folders, bottom to top: a folder imports only from itself and the folders before it
+# (tests/test_layers.py enforces it), so a step's code is its own folder and every folder below.
+LAYERS = ("quant", "sim", "hls", "hw", "bitstreams", "host")
+
 
 @dataclass(frozen=True)
 class Step:
@@ -35,3 +39,11 @@ STEPS: list[Step] = [
     Step("deploy", "accllm.host.steps:deploy", ("board",), ("compress", "compile"), uses=("bitstream",)),
 ]
 STEP_NAMES: tuple[str, ...] = tuple(s.name for s in STEPS)
+
+
+def step_layers(step: Step) -> tuple[str, ...]:
+    """The folders whose code can change what ``step`` makes or how it is verified: up to the highest folder of
+    its run and verify functions."""
+    tops = [LAYERS.index(parts[1]) for f in (step.run, step.verify) if f
+            for parts in [f.partition(":")[0].split(".")] if parts[0] == "accllm" and parts[1:2] and parts[1] in LAYERS]
+    return LAYERS[:max(tops) + 1] if tops else ()

@@ -103,3 +103,29 @@ def test_third_party_warnings_are_summarised_in_one_line(fake_steps, tmp_path):
         for _ in range(930):
             w.warn_explicit("shape", UserWarning, "/v/lib/python3.11/site-packages/qonnx/core/modelwrapper.py", 1)
     assert lines[-1] == "[x] 930 third-party warnings not shown (qonnx 930); ACCLLM_WARNINGS=1 shows them"
+
+
+def test_a_code_change_reruns_the_steps_whose_folders_changed(fake_steps, tmp_path, monkeypatch):
+    """A step's input hash covers the source of its folder and those below (accllm.host.flow.code_hash): an edit
+    of hls/ reruns export but not compress; an edit of quant/ reruns both (export's code sits above quant/)."""
+    code = {"quant": "1", "hls": "1"}
+    monkeypatch.setattr(flowmod, "step_layers", lambda step: ("quant",) if step.name == "compress" else ("quant", "hls"))
+    monkeypatch.setattr(flowmod, "code_hash", lambda layers: "/".join(code[x] for x in layers))
+    flowmod.run_flow(fake_steps, tmp_path, log=lambda m: None)
+    assert flowmod.run_flow(fake_steps, tmp_path, log=lambda m: None)["ran"] == []
+    code["hls"] = "2"
+    assert flowmod.run_flow(fake_steps, tmp_path, log=lambda m: None)["ran"] == ["export"]
+    code["quant"] = "2"
+    assert flowmod.run_flow(fake_steps, tmp_path, log=lambda m: None)["ran"] == ["compress", "export"]
+
+
+def test_each_step_hashes_the_code_of_its_folder_and_those_below():
+    from accllm.host.flow_steps import STEPS, step_layers
+
+    layers = {s.name: step_layers(s) for s in STEPS}
+    assert layers["compress"] == ("quant", "sim")  # its verification runs the golden model (sim/)
+    assert layers["compile"] == ("quant", "sim", "hls") and layers["rtlsim"] == ("quant", "sim", "hls", "hw")
+    assert step_layers(Step("x", "elsewhere:f", ())) == ()
+    h = flowmod.code_hash(("quant",))
+    assert len(h) == 64 and h == flowmod.code_hash(("quant",)) != flowmod.code_hash(("quant", "sim"))
+

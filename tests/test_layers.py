@@ -1,15 +1,15 @@
 """The layer order of the Python folders, enforced: every import (top level or inside a function) of an
 ``accllm.*`` module must point to the same folder or a lower one, and no two modules may import each other
-through any chain. The order is declared once, here, and shown in the README's layout table."""
+through any chain. The order is declared once, in ``accllm.host.flow_steps.LAYERS`` (the flow hashes a step's code
+by it), and shown in the README's layout table."""
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from accllm.host.flow_steps import LAYERS  # bottom to top: a folder imports only from itself and those before it
 
-# Bottom to top. A folder may import only from itself and from folders listed before it.
-LAYERS = ("quant", "sim", "hls", "hw", "bitstreams", "host")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _module_name(path: Path) -> str:
