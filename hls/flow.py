@@ -23,16 +23,30 @@ def quick_checkpoint(out_dir, calib_samples: int = 16, method: str = "rtn") -> P
 
 
 def export_and_compile(checkpoint, work_dir, target: str = "kv260", lanes: int = 16):
-    """Export ``checkpoint`` to ``work_dir/onnx`` and compile it to ``work_dir/build``; returns both paths."""
+    """Export ``checkpoint`` to ``work_dir/onnx`` and compile it to ``work_dir/build``; returns both paths. An
+    earlier result in ``work_dir`` is reused only if it was made from the same checkpoint files, settings and
+    source (``work_dir/made_from.json``); otherwise it is made again."""
+    import json
+    import shutil
+
     from accllm.hls.compiler import compile_export
     from accllm.hls.export import MANIFEST, export_model
     from accllm.quant.checkpoint import load_compressed
+    from accllm.quant.integrity import atomic_write, hash_files, source_hash
 
     work_dir = Path(work_dir)
     onnx_dir, build = work_dir / "onnx", work_dir / "build"
+    stamp = work_dir / "made_from.json"
+    made_from = json.dumps({"checkpoint": hash_files(checkpoint), "target": target, "lanes": lanes,
+                            "source": source_hash(("quant", "sim", "hls"))}, sort_keys=True)
+    if not stamp.is_file() or stamp.read_text() != made_from:
+        shutil.rmtree(onnx_dir, ignore_errors=True)
+        shutil.rmtree(build, ignore_errors=True)
+        stamp.unlink(missing_ok=True)
     if not (onnx_dir / MANIFEST).is_file():
         model, _, _ = load_compressed(checkpoint)
         export_model(model, onnx_dir, progress=False)
     if not (build / "program.bin").is_file():
         compile_export(onnx_dir, build, target, lanes, progress=False)
+    atomic_write(stamp, made_from)
     return onnx_dir, build

@@ -3,7 +3,7 @@
 The builder only orders steps and decides which must run: each step function lives in the folder
 that owns its work and is named here by import path. A step is skipped only when the hash of its inputs —
 the flow-file sections it reads, the artifacts of the steps it consumes and the source of the package folders its
-code lives in (:func:`code_hash`) — equals the one recorded when its
+code lives in (``accllm.quant.integrity.source_hash``) — equals the one recorded when its
 artifact was made *and* every file of that artifact still has its recorded sha256 (``state.json``, see
 :mod:`accllm.host.flow_state`). A step writes into a temporary folder beside its own, renamed into place when
 it returns: a killed step leaves no half-written artifact under the step's name. A step's verification is
@@ -11,7 +11,6 @@ cached with it, keyed by its inputs and artifact.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib
 import json
@@ -24,6 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+from accllm.quant.integrity import source_hash as code_hash  # a step's code: its folder and those below
 
 from .flow_config import DEFAULT_FLOW, FlowConfig, FlowError, load_flow
 from .flow_report import write_report
@@ -52,24 +53,6 @@ def _lookup(d: dict, dotted: str):
     for part in dotted.split("."):
         d = d[part]
     return d
-
-
-# Source files whose content defines what a step does: code, kernel templates, RTL, recipes, data tables and the
-# bundled model.
-CODE_SUFFIXES = {".py", ".h", ".cpp", ".sv", ".v", ".tcl", ".json", ".jinja", ".yaml", ".safetensors"}
-
-
-@functools.lru_cache(maxsize=None)
-def code_hash(layers: tuple[str, ...]) -> str:
-    """sha256 over the source files of the package folders ``layers`` (paths and contents): a build made by other
-    code (an upgraded accllm, an edited kernel template) is not taken for current."""
-    h = hashlib.sha256()
-    for layer in layers:
-        root = Path(importlib.import_module(f"accllm.{layer}").__file__).parent
-        for f in sorted(root.rglob("*")):
-            if f.suffix in CODE_SUFFIXES and f.is_file() and "__pycache__" not in f.parts:
-                h.update(f"{layer}/{f.relative_to(root).as_posix()}".encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()
 
 
 def input_hash(step: Step, flow: "FlowConfig", artifact_hashes: dict[str, str]) -> str:

@@ -9,7 +9,9 @@ checked against the build's manifest).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -59,6 +61,25 @@ def _files(folder: Path):
 def hash_files(folder) -> dict[str, str]:
     """sha256 of every file under ``folder`` by relative path (see :func:`_files`), sorted by path."""
     return dict(sorted((rel, file_sha256(p)) for p, rel in _files(Path(folder))))
+
+
+# Source files whose content defines what the package does: code, kernel templates, RTL, recipes, data tables and
+# the bundled model.
+SOURCE_SUFFIXES = {".py", ".h", ".cpp", ".sv", ".v", ".tcl", ".json", ".jinja", ".yaml", ".safetensors"}
+
+
+@functools.lru_cache(maxsize=None)
+def source_hash(folders: tuple[str, ...]) -> str:
+    """sha256 over the source files (paths and contents) of the package folders ``folders`` (``accllm.<folder>``,
+    found without importing them): what a cached build must match to be taken for one this code would make."""
+    h = hashlib.sha256()
+    for folder in folders:
+        for root in importlib.util.find_spec(f"accllm.{folder}").submodule_search_locations:
+            root = Path(root)
+            for f in sorted(root.rglob("*")):
+                if f.suffix in SOURCE_SUFFIXES and f.is_file() and "__pycache__" not in f.parts:
+                    h.update(f"{folder}/{f.relative_to(root).as_posix()}".encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
 
 
 def write_manifest(folder) -> Path:

@@ -129,3 +129,27 @@ def test_each_step_hashes_the_code_of_its_folder_and_those_below():
     h = flowmod.code_hash(("quant",))
     assert len(h) == 64 and h == flowmod.code_hash(("quant",)) != flowmod.code_hash(("quant", "sim"))
 
+
+
+def test_export_and_compile_redoes_a_build_made_by_other_source(tmp_path_factory, tmp_path):
+    """hls.flow's on-disk cache (used by tests and benches) reuses work_dir only when its stamp matches the
+    checkpoint files, settings and source; a stamp from other code makes it export and compile again."""
+    import shutil
+
+    from flow_fixtures import flow_paths
+
+    from accllm.hls.flow import export_and_compile
+
+    ckpt, onnx_dir, build = flow_paths(tmp_path_factory)
+    for name in ("onnx", "build", "made_from.json"):
+        src = build.parent / name
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp_path / name)
+    program = tmp_path / "build" / "program.bin"
+    before = program.stat().st_mtime_ns
+    export_and_compile(ckpt, tmp_path)
+    assert program.stat().st_mtime_ns == before  # same checkpoint, settings, source: reused
+    stamp = (tmp_path / "made_from.json").read_text()
+    (tmp_path / "made_from.json").write_text(stamp.replace('"source": "', '"source": "0'))
+    export_and_compile(ckpt, tmp_path)
+    assert program.stat().st_mtime_ns != before and (tmp_path / "made_from.json").read_text() == stamp
+    assert program.read_bytes() == (build / "program.bin").read_bytes()
