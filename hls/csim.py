@@ -253,3 +253,20 @@ def compare_with_golden(golden, csim: CSim, tokens: list[int]) -> dict:
         dlogit = max(dlogit, float(np.abs(lg.numpy() - lc).max()))
     return {"integer_mismatches": sum(per_layer), "integers_compared": total, "max_logit_diff": dlogit,
             "mismatches_per_layer": per_layer}
+
+
+def prefill_mismatches(golden, csim: CSim, ids: list[int]):
+    """After ``csim.prefill(ids, trace=True)``: the golden model's prefill of ``ids`` from a reset, in blocks of the
+    same T, and every layer's integer trace mismatches against the C-simulation's: ``(golden logits, counts)``."""
+    from accllm.sim.golden import flatten_trace
+
+    golden.reset()
+    traces = []
+    logits = golden.prefill(ids, block=csim.prefill_block, traces=traces)
+    mism = total = 0
+    for t in range(len(ids)):
+        for layer in range(golden.d.layers):
+            a = flatten_trace(golden.d, traces[t][layer]).numpy()
+            mism += int((a != csim.prefill_trace(t, layer)).sum())
+            total += a.size
+    return logits, {"integer_mismatches": mism, "integers_compared": total}

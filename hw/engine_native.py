@@ -225,17 +225,9 @@ def prefill_words_summary(runs: list[dict]) -> dict:
 def prefill_trace_check(sim, golden, ids: list[int]) -> dict:
     """Every layer's integers of ``ids`` run in prefill mode on ``sim`` against the golden model's prefill in
     blocks of the same T."""
-    from accllm.sim.golden import flatten_trace
+    from accllm.hls.csim import prefill_mismatches
 
     sim.reset()
     sim.prefill(ids, trace=True)
-    golden.reset()
-    traces = []
-    golden.prefill(ids, block=sim.prefill_block, traces=traces)
-    mism = total = 0
-    for t in range(len(ids)):
-        for layer in range(golden.d.layers):
-            a = flatten_trace(golden.d, traces[t][layer]).numpy()
-            mism += int((a != sim.prefill_trace(t, layer)).sum())
-            total += a.size
-    return {"integer_mismatches": mism, "integers_compared": total, "tokens": len(ids), "block": sim.prefill_block}
+    _, counts = prefill_mismatches(golden, sim, ids)
+    return {**counts, "tokens": len(ids), "block": sim.prefill_block}

@@ -55,8 +55,8 @@ def test_golden_prefill_equals_token_by_token(flow):
 
 
 def test_csim_prefill_bit_exact_with_token_by_token_and_golden(flow):
-    from accllm.hls.csim import CSim
-    from accllm.sim.golden import GoldenModel, flatten_trace
+    from accllm.hls.csim import CSim, prefill_mismatches
+    from accllm.sim.golden import GoldenModel
 
     ckpt, _, build = flow
     c = CSim(build)
@@ -77,12 +77,8 @@ def test_csim_prefill_bit_exact_with_token_by_token_and_golden(flow):
     assert np.array_equal(c.kv, kv_t) and np.array_equal(lb, lt)
     assert c.weight_bytes <= math.ceil(len(ids) / T) * one_pass < bytes_t
     assert bytes_t == len(ids) * one_pass
-    g = GoldenModel.load(ckpt)
-    traces = []
-    lg = g.prefill(ids, block=T, traces=traces)
-    mism = sum(int((flatten_trace(g.d, traces[t][layer]).numpy() != c.prefill_trace(t, layer)).sum())
-               for t in range(len(ids)) for layer in range(g.d.layers))
-    assert mism == 0
+    lg, counts = prefill_mismatches(GoldenModel.load(ckpt), c, ids)
+    assert counts["integer_mismatches"] == 0
     assert int(np.argmax(lb)) == int(lg.argmax())
     with pytest.raises(ValueError, match="outside the vocabulary"):
         c.prefill([1, c.vocab])
@@ -258,8 +254,9 @@ def test_csim_backend_prefills_a_prompt_in_blocks(tmp_path_factory):
 def test_prefill_on_the_engine_cosim_is_bit_exact(flow):
     """The C/RTL co-simulation with every linear on the Verilated engine in block mode (one weight pass per linear
     per block of T tokens) and QK/PV on the RTL core: the block entry's integers equal the golden prefill's."""
+    from accllm.hls.csim import prefill_mismatches
     from accllm.hw import engine_native
-    from accllm.sim.golden import GoldenModel, flatten_trace
+    from accllm.sim.golden import GoldenModel
 
     ckpt, _, build = flow
     sim = engine_native.engine_csim(build, {"latency": 60, "ar_stall": 10, "r_stall": 10, "out_stall": 10, "seed": 5})
@@ -270,11 +267,8 @@ def test_prefill_on_the_engine_cosim_is_bit_exact(flow):
     sim.reset()
     lc = sim.prefill(ids, trace=True)
     log = engine_native.read_log(sim.lib)
-    traces = []
-    lg = g.prefill(ids, block=sim.prefill_block, traces=traces)
-    mism = sum(int((flatten_trace(g.d, traces[t][layer]).numpy() != sim.prefill_trace(t, layer)).sum())
-               for t in range(len(ids)) for layer in range(g.d.layers))
-    assert mism == 0 and int(np.argmax(lc)) == int(lg.argmax())
+    lg, counts = prefill_mismatches(g, sim, ids)
+    assert counts["integer_mismatches"] == 0 and int(np.argmax(lc)) == int(lg.argmax())
     assert engine_native.stats(sim.lib)["protocol_errors"] == before
     blocks = -(-len(ids) // sim.prefill_block)
     assert len(log) == 7 * g.d.layers * blocks + 1  # + the LM head (W4, on the engine) for the last token only

@@ -117,20 +117,16 @@ def test_w4_csim_same_tokens_as_golden(w4):
 def test_w4_prefill_equals_token_by_token(w4):
     """Blocks of T tokens (one weight pass each) give the KV cache, logits and every layer's integers of token by
     token, in the C-simulation and the golden model."""
-    from accllm.hls.csim import CSim
-    from accllm.sim.golden import GoldenModel, flatten_trace
+    from accllm.hls.csim import CSim, prefill_mismatches
+    from accllm.sim.golden import GoldenModel
 
     ckpt, _, build = w4
     c = CSim(build)
     T = c.prefill_block
     ids = [int(x) for x in np.random.default_rng(4).integers(0, c.vocab, T + 5)]
     lb = csim_both_ways(c, ids)
-    g = GoldenModel.load(ckpt)
-    traces = []
-    lg = g.prefill(ids, block=T, traces=traces)
-    mism = sum(int((flatten_trace(g.d, traces[t][layer]).numpy() != c.prefill_trace(t, layer)).sum())
-               for t in range(len(ids)) for layer in range(g.d.layers))
-    assert mism == 0
+    lg, counts = prefill_mismatches(GoldenModel.load(ckpt), c, ids)
+    assert counts["integer_mismatches"] == 0
     assert np.abs(lg.numpy() - lb).max() < 1e-4
 
 
@@ -138,9 +134,9 @@ def test_w4_prefill_equals_token_by_token(w4):
 def test_w4_engine_cosim_bit_exact(w4):
     """Every linear on the Verilated engine (W4 codes per operation, 120-cycle memory, 20 % stalls), decode and a
     prefill in blocks: 0 integer mismatches with the golden model, no protocol error, every decoder linear ran W4."""
-    from accllm.hls.csim import compare_with_golden
+    from accllm.hls.csim import compare_with_golden, prefill_mismatches
     from accllm.hw import engine_native
-    from accllm.sim.golden import LINEARS, GoldenModel, flatten_trace
+    from accllm.sim.golden import LINEARS, GoldenModel
 
     ckpt, _, build = w4
     g = GoldenModel.load(ckpt)
@@ -155,12 +151,7 @@ def test_w4_engine_cosim_bit_exact(w4):
     ids = STREAMS[1][:sim.prefill_block + 2]  # a full block and a partial one
     sim.reset()
     sim.prefill(ids, trace=True)
-    traces = []
-    g.reset()
-    g.prefill(ids, block=sim.prefill_block, traces=traces)
-    mism = sum(int((flatten_trace(g.d, traces[t][layer]).numpy() != sim.prefill_trace(t, layer)).sum())
-               for t in range(len(ids)) for layer in range(g.d.layers))
-    assert mism == 0
+    assert prefill_mismatches(g, sim, ids)[1]["integer_mismatches"] == 0
     assert engine_native.stats(sim.lib)["protocol_errors"] == before
 
 

@@ -1008,12 +1008,12 @@ template <class CFG> void attention_kv_head(unsigned layer, unsigned kvh, unsign
         rope<CFG>(k[t] + kvh * D, rot, rc[t], rs[t]);
         ks[slot] = kv_quant<CFG>(rot, D, kc[slot], &kz[slot]);
         kv_store<CFG>(raw, kc[slot], ks[slot], kz[slot]);
-        store_bytes(kv, kv_slot_off<CFG>(layer, 0, kvh, slot), kv_slot_bytes<CFG>(), raw);
+        store_lanes<uint8_t>(kv, kv_slot_off<CFG>(layer, 0, kvh, slot), kv_slot_bytes<CFG>(), raw);
         trace_codes<CFG>(trace, tr, tr.kc + kvh * D, kc[slot], D);
         trace_codes<CFG>(trace, tr, tr.kz + kvh, &kz[slot], 1);
         vs[slot] = kv_quant<CFG>(v[t] + kvh * D, D, vc[slot], &vz[slot]);
         kv_store<CFG>(raw, vc[slot], vs[slot], vz[slot]);
-        store_bytes(kv, kv_slot_off<CFG>(layer, 1, kvh, slot), kv_slot_bytes<CFG>(), raw);
+        store_lanes<uint8_t>(kv, kv_slot_off<CFG>(layer, 1, kvh, slot), kv_slot_bytes<CFG>(), raw);
         trace_codes<CFG>(trace, tr, tr.vc + kvh * D, vc[slot], D);
         trace_codes<CFG>(trace, tr, tr.vz + kvh, &vz[slot], 1);
         for (unsigned hh = 0; hh < G; hh++) {

@@ -70,47 +70,36 @@ template <class T> inline void load_lanes(const word_t *mem, size_t off, unsigne
     }
 }
 
-// n bytes at any byte offset; the words at either end keep their other bytes (read, merge, write back).
-inline void store_bytes(word_t *mem, size_t off, unsigned n, const uint8_t *in) {
-    const size_t w0 = off / WORD_BYTES;
-    const unsigned first = (unsigned)(off % WORD_BYTES), nw = (first + n + WORD_BYTES - 1) / WORD_BYTES;
-    for (unsigned i = 0; i < nw; i++) {
-#pragma HLS PIPELINE II = 1
-#pragma HLS LOOP_TRIPCOUNT min = 1 max = 64
-        const bool edge = i == 0 || i == nw - 1;
-        word_t w = edge ? mem[w0 + i] : word_t(0);
-        for (unsigned j = 0; j < WORD_U32; j++) {
-            uint32_t v = word_u32(w, j);
-            for (unsigned b = 0; b < 4; b++) {
-                const long idx = (long)(i * WORD_BYTES + 4 * j + b) - (long)first;
-                if (idx >= 0 && idx < (long)n) v = (v & ~(0xFFu << (8 * b))) | ((uint32_t)in[idx] << (8 * b));
-            }
-            set_word_u32(w, j, v);
-        }
-        mem[w0 + i] = w;
-    }
-}
+inline uint32_t lane_bits(uint32_t v) { return v; }
+inline uint32_t lane_bits(int32_t v) { return (uint32_t)v; }
+inline uint32_t lane_bits(uint8_t v) { return v; }
 
-// n 32-bit values at 32-bit index idx; partial words at either end are merged as in store_bytes.
-inline void store_u32(word_t *mem, size_t idx, unsigned n, const uint32_t *in) {
-    const size_t w0 = idx / WORD_U32;
-    const unsigned first = (unsigned)(idx % WORD_U32), nw = (first + n + WORD_U32 - 1) / WORD_U32;
+// n values of T (uint8/uint32/int32) at byte offset off (a multiple of sizeof(T)), the store twin of load_lanes:
+// one burst over the words that hold them; the words at either end keep their other lanes (read, merge, write).
+template <class T> inline void store_lanes(word_t *mem, size_t off, unsigned n, const T *in) {
+    const unsigned B = sizeof(T), per = WORD_BYTES / B;
+    const uint32_t mask = B == 4 ? 0xFFFFFFFFu : (1u << (8 * B)) - 1;
+    const size_t w0 = off / WORD_BYTES;
+    const unsigned first = (unsigned)(off % WORD_BYTES) / B, nw = (first + n + per - 1) / per;
     for (unsigned i = 0; i < nw; i++) {
 #pragma HLS PIPELINE II = 1
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = 4096
         const bool edge = i == 0 || i == nw - 1;
         word_t w = edge ? mem[w0 + i] : word_t(0);
-        for (unsigned j = 0; j < WORD_U32; j++) {
-            const long k = (long)(i * WORD_U32 + j) - (long)first;
-            if (k >= 0 && k < (long)n) set_word_u32(w, j, in[k]);
+        for (unsigned j = 0; j < per; j++) {
+            const long idx = (long)(i * per + j) - (long)first;
+            if (idx < 0 || idx >= (long)n) continue;
+            const unsigned u = j * B / 4, sh = 8 * B * (j % (4 / B));
+            set_word_u32(w, u, (word_u32(w, u) & ~(mask << sh)) | ((lane_bits(in[idx]) & mask) << sh));
         }
         mem[w0 + i] = w;
     }
 }
 
-inline void store_i32(word_t *mem, size_t idx, unsigned n, const int32_t *in) {
-    store_u32(mem, idx, n, reinterpret_cast<const uint32_t *>(in));
-}
+// n 32-bit values at 32-bit index idx (trace and top-K regions are indexed in 32-bit units).
+inline void store_u32(word_t *mem, size_t idx, unsigned n, const uint32_t *in) { store_lanes(mem, 4 * idx, n, in); }
+
+inline void store_i32(word_t *mem, size_t idx, unsigned n, const int32_t *in) { store_lanes(mem, 4 * idx, n, in); }
 
 // ---------------------------------------------------------------- weight-stream sections
 
