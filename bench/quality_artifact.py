@@ -7,7 +7,8 @@ it here byte for byte.
 embedding) and, under a 2:4 mask, the pruned codes (each equals its group's zero point): kept codes packed at
 their bit width, the mask, scales, zero points, norms.
 ``unpack`` restores the codes, takes the embedding from the model (dequantised GGUF, rounded to fp16 as the
-checkpoint stores it), checks every tensor's sha256 against the device's and writes ``compressed.safetensors``.
+checkpoint stores it), checks every tensor's sha256 against the device's and writes ``compressed.safetensors`` and
+the device's ``config.json`` (which says whether the LM head is untied from the embedding).
 """
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def pack(ckpt: Path, prefix: Path, model: str) -> list[Path]:
     body = prefix.with_name(prefix.name + ".safetensors")
     save_file(out, str(body))
     meta = {"model": model, "weights_sha256": _sha256(ckpt / WEIGHTS_FILE), "settings_file":
-            (ckpt / SETTINGS_FILE).read_text(), "report": json.loads((ckpt / "report.json").read_text())
+            (ckpt / SETTINGS_FILE).read_text(), "config_file": (ckpt / "config.json").read_text(), "report": json.loads((ckpt / "report.json").read_text())
             if (ckpt / "report.json").is_file() else None,
             "shapes": {n: list(t.shape) for n, t in tensors.items()},
             "tensor_sha256": {n: _tensor_sha256(t) for n, t in tensors.items()},
@@ -121,7 +122,12 @@ def unpack(prefix: Path, out_dir: Path, model: str | None = None) -> Path:
         raise ValueError(f"rebuilt {out_dir / WEIGHTS_FILE} has sha256 {got}, the device's was "
                          f"{meta['weights_sha256']}")
     (out_dir / SETTINGS_FILE).write_text(meta["settings_file"])
-    fp.config.save_pretrained(out_dir)
+    if "config_file" in meta:
+        (out_dir / "config.json").write_text(meta["config_file"])
+    else:  # a pack made before it carried config.json: the source's, untied when the checkpoint quantised its head
+        if json.loads(meta["settings_file"])["settings"].get("head_bits"):
+            fp.config.tie_word_embeddings = False
+        fp.config.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     if meta["report"] is not None:
         (out_dir / "report.json").write_text(json.dumps(meta["report"], indent=1))

@@ -30,14 +30,14 @@ Stages (each writes ``quality_<model>.<stage>.json`` into ``--out``; ``report`` 
   long     Λ against full attention at 1x, 2x, 4x the Λ slots (window + sinks) and over the whole English
            test stream, past the trained context when the stream is longer
 
-The W4 checkpoint of the committed table (device: one H200, commands as run there; the GGUF carried in three
-pieces, brevitas/gguf as wheels)::
+The W4 checkpoint of the committed table (device: one H200, the two distillations sharing it; the GGUF carried in
+three pieces, brevitas/gguf as wheels)::
 
     Q="python bench/quality.py --model SmolLM2-135M-Instruct.Q4_1.gguf --name smollm2 --device cuda --work W"
     $Q --stages ptq --components none --together w4 --out R1
-    $Q --stages distill --distill w4 --lr 1e-4 --distill-seconds 370 --monitor-every 150 --out R2
-    $Q --stages distill --distill w4 --init distilled --lr 5e-5 --distill-seconds 290 --monitor-every 150 \
-       --pack OUT --out R3
+    $Q --stages distill --distill w4 --lr 1e-4 --distill-seconds 900 --monitor-every 200 --pack OUT --out R2 &
+    $Q --stages distill --distill w4 --learn-masks --tag _lm --lr 1e-4 --distill-seconds 900 --monitor-every 200 \
+       --out R3 &
     python bench/quality_artifact.py unpack OUT/smollm2_w4 runs/smollm2_w4_distilled   # here
     python bench/quality.py --model smollm2 --device cpu --stages evalckpt --distill w4 --work runs/qwork --out R4
 """
@@ -178,7 +178,16 @@ def _generations(a, teacher, tok):
 def _distill_settings(s, a, steps, seconds, batch):
     s.qat_steps, s.qat_seconds, s.qat_lr, s.qat_batch, s.qat_generated, s.calib_seqlen = (
         steps, seconds, a.lr, batch, a.generated, a.seqlen)
+    s.qat_learn_masks = a.learn_masks
     return s
+
+
+def _distilled_dir(a, key):
+    return a.work / f"distilled_{key}{a.tag}"
+
+
+def _distilled_label(key, s):
+    return TOGETHER[key][0] + " + distillation" + (" (learned 2:4 masks)" if s.qat_learn_masks else "")
 
 
 def stage_speed(a, fp, tok, txt, dev):
@@ -232,7 +241,7 @@ def stage_distill(a, fp, tok, txt, dev):
     rows = []
     for key in a.distill:
         name, over = TOGETHER[key]
-        src = a.work / (f"distilled_{key}" if a.init == "distilled" else f"ptq_{key}")
+        src = _distilled_dir(a, key) if a.init == "distilled" else a.work / f"ptq_{key}"
         prior = json.loads((src / "report.json").read_text()) if (src / "report.json").is_file() else {}
         student, _, s = load_compressed(src, device=dev)
         masks = _masks(student)
@@ -254,16 +263,16 @@ def stage_distill(a, fp, tok, txt, dev):
         round_dense_to_fp16(student)
         round_scales_to_fp16(student, s.weight_bits)
         stats = student.accllm_distill_stats
-        out = a.work / f"distilled_{key}"  # saved (and packed) before the evaluation, which a time limit may cut
+        out = _distilled_dir(a, key)  # saved (and packed) before the evaluation, which a time limit may cut
         save_compressed(student.cpu(), tok, s, masks, out, report={
             "steps_total": done + len(losses), "trend": trend, "distill_stats": stats,
             "distill_seconds_total": prior.get("distill_seconds_total", 0) + stats["seconds"]})
         if a.pack:
             from quality_artifact import pack
 
-            pack(out, a.pack / f"{a.name}_{key}", a.name)
+            pack(out, a.pack / f"{a.name}_{key}{a.tag}", a.name)
         student.to(dev)
-        row = {"config": name + " + distillation", "key": key, **evaluate(student, txt, a.context),
+        row = {"config": _distilled_label(key, s), "key": key, **evaluate(student, txt, a.context),
                "before_distillation": before, "settings": s.to_json(), "steps": len(losses),
                "steps_total": done + len(losses), "tokens_total": (done + len(losses)) * a.batch * a.seqlen,
                "distill_seconds": stats["seconds"], "distill_stats": stats, "lr": a.lr,
@@ -289,10 +298,10 @@ def stage_evalckpt(a, fp, tok, txt, dev):
 
     rows = []
     for key in a.distill:
-        src = a.work / f"distilled_{key}"
+        src = _distilled_dir(a, key)
         rep = json.loads((src / "report.json").read_text())
         student, _, s = load_compressed(src, device=dev)
-        rows.append({"config": TOGETHER[key][0] + " + distillation", "key": key, **evaluate(student, txt, a.context),
+        rows.append({"config": _distilled_label(key, s), "key": key, **evaluate(student, txt, a.context),
                      "settings": s.to_json(), "steps_total": rep["steps_total"],
                      "tokens_total": rep["steps_total"] * s.qat_batch * s.calib_seqlen,
                      "distill_seconds_total": rep["distill_seconds_total"], "trend": rep["trend"],
@@ -505,6 +514,8 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=64, help="distillation sequences per step")
     ap.add_argument("--no-twin", action="store_true", help="distil through Brevitas itself (slow reference)")
     ap.add_argument("--freeze-scales", action="store_true", help="distill: keep the weight group scales fixed")
+    ap.add_argument("--learn-masks", action="store_true", help="distill: learn the 2:4 masks (SR-STE) too")
+    ap.add_argument("--tag", default="", help="distill/evalckpt: suffix of the distilled folder and pack name")
     ap.add_argument("--init", choices=("ptq", "distilled"), default="ptq",
                     help="distill: start from the post-training checkpoint or continue the distilled one")
     ap.add_argument("--monitor-every", type=int, default=0, help="distill: twin perplexity curve every N steps")

@@ -39,15 +39,24 @@ class Compression(_Strict):
     positions: str = "cache"
     calib_samples: int = Field(16, gt=0)
     calib_seqlen: int = Field(128, gt=1)
+    # distillation from the float model (accllm.quant.qat.distill); qat_steps 0: none
     qat_steps: int = Field(0, ge=0)
+    qat_lr: float = Field(1e-4, gt=0)
+    qat_batch: int = Field(16, gt=0)      # sequences of calib_seqlen tokens per step
+    qat_seconds: float = Field(0.0, ge=0)  # stop the distillation after this long (0: run all qat_steps)
     qat_generated: int = Field(0, ge=0)  # teacher-generated sequences mixed into the distillation
+    qat_learn_masks: bool = False        # re-choose the 2:4 masks during the distillation (SR-STE)
     seed: int = 0
 
     @model_validator(mode="after")
-    def _generated_needs_distillation(self):
+    def _distillation_keys_need_distillation(self):
         if self.qat_generated and not self.qat_steps:
             raise ValueError(f"qat_generated ({self.qat_generated}) needs qat_steps > 0: the generated sequences "
                              "are distillation data")
+        if self.qat_learn_masks and self.sparsity != "2:4":
+            raise ValueError(f"qat_learn_masks needs sparsity '2:4' (got {self.sparsity!r}): it learns 2:4 masks")
+        if self.qat_learn_masks and not self.qat_steps:
+            raise ValueError("qat_learn_masks needs qat_steps > 0: the masks are learned by the distillation")
         return self
 
     def settings(self):

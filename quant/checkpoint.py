@@ -395,6 +395,10 @@ def load_compressed(path, device="cpu", layers: list[int] | None = None, verify_
         config.num_hidden_layers = len(layers)
         if getattr(config, "layer_types", None):
             config.layer_types = [config.layer_types[i] for i in layers]
+    if s.head_bits and config.tie_word_embeddings:
+        raise ValueError(f"{path}: the checkpoint quantises its LM head (head_bits {s.head_bits}) but config.json ties "
+                         "the head to the embedding (tie_word_embeddings: true); loading it would overwrite the "
+                         "embedding with the head's codes")
     model = LlamaForCausalLM(config).eval()
     attn.install(model, s.policy())
     with torch.no_grad():

@@ -55,6 +55,7 @@ def add_quantize_arguments(p):
     p.add_argument("--qat-seconds", type=float, default=0, help="stop the fine-tune after this many seconds")
     p.add_argument("--qat-generated", type=int, default=0,
                    help="teacher-generated sequences (data-free distillation) mixed into the fine-tune")
+    p.add_argument("--qat-learn-masks", action="store_true", help="re-choose the 2:4 masks during the fine-tune (SR-STE)")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1")
     p.add_argument("--offload", action="store_true", help="spread the model over GPU/CPU with accelerate")
     p.add_argument("--eval-tokens", type=int, default=16384, help="held-out tokens for perplexity (0: skip)")
@@ -67,7 +68,8 @@ def settings_from_args(a) -> CompressionSettings:
         act_bits=a.act_bits or None, kv_bits=a.kv_bits or None,
         lambda_attention=not a.no_lambda, sinks=a.sinks, window=a.window, positions=a.positions,
         calib_samples=a.calib_samples, calib_seqlen=a.calib_seqlen, qat_steps=a.qat_steps, qat_lr=a.qat_lr,
-        qat_batch=a.qat_batch, qat_seconds=a.qat_seconds, qat_generated=a.qat_generated)
+        qat_batch=a.qat_batch, qat_seconds=a.qat_seconds, qat_generated=a.qat_generated,
+        qat_learn_masks=a.qat_learn_masks)
 
 
 def compress_to_checkpoint(model_dir, s: CompressionSettings, out, eval_tokens: int = 0, device=None,
@@ -112,7 +114,8 @@ def compress_to_checkpoint(model_dir, s: CompressionSettings, out, eval_tokens: 
         print(f"compressed perplexity {report['perplexity_compressed']:.3f}")
     if s.qat_steps:
         losses = model.accllm_qat_losses
-        report["qat"] = {"steps_run": len(losses), "kl_first": losses[0], "kl_last_50_mean": sum(losses[-50:]) / len(losses[-50:])}
+        report["qat"] = {"steps_run": len(losses), "kl_first": losses[0], "kl_last_50_mean": sum(losses[-50:]) / len(losses[-50:]),
+                         "distill_stats": model.accllm_distill_stats}  # seconds, steps/s, tokens/s, batch, amp
     report["weight_bytes_per_token"] = weight_bytes_per_token(model, s)
     report["kv_bytes_per_token"] = kv_bytes_per_token(model.config, s.kv_bits)
     report["kv_cache_bytes_max"] = kv_cache_bytes(model.config, 1 << 20, s.kv_bits, s.policy()) if s.lambda_attention else None

@@ -6,9 +6,10 @@ each; pruned weights stay zero. Nothing of the held-out splits is ever used.
 Training runs on a *twin* of the Brevitas model by default (``twin=True``): each Brevitas ``QuantLinear``
 becomes a :class:`TwinLinear` and each attention quantiser a :class:`TwinQuant`, which compute the documented
 fake-quant formulas of :mod:`accllm.quant.checkpoint` with straight-through rounding; Brevitas' learned group
-scales are trained, its integer zero points and the 2:4 masks stay fixed, the embedding (= the tied LM head)
-is frozen. The twin's forward equals Brevitas' in float32 (``tests/test_qat_twin.py``). After training the
-weights and scales are written back into the Brevitas modules (:func:`write_back`), so evaluation, the
+scales are trained, its integer zero points stay fixed, the 2:4 masks stay fixed or are learned
+(``settings.qat_learn_masks``, SR-STE), the embedding is frozen (a quantised LM head, untied, trains). The twin's
+forward equals Brevitas' in float32 (``tests/test_qat_twin.py``). After training the weights and scales are written
+back into the Brevitas modules (:func:`write_back`), so evaluation, the
 checkpoint and export still go through Brevitas. Why a twin: with Brevitas in the loop a step of SmolLM2-135M
 (batch 16 x 256) made 55,000 kernel launches from 157,000 aten calls (QuantTensor bookkeeping and
 dependency-injected quantisers per linear, per pass), 1.65 s of CPU for 0.27 s of GPU work: 0.84 steps/s on an
@@ -29,7 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from accllm.quant.checkpoint import ACT_MIN_SCALE
-from accllm.quant.prune import apply_masks, decoder_linears
+from accllm.quant.prune import apply_masks, decoder_linears, mask_2to4
 
 
 @torch.no_grad()
@@ -88,6 +89,9 @@ def twin_kv(x, dim: int = -2, bits: int = 4):
 
 
 KERNELS = {"weight": twin_weight, "act": twin_act, "kv": twin_kv}  # looked up at call time (swappable)
+# Per-step shrink of pruned shadow weights when masks are learned. Constant while the learning rate decays, so a
+# pruned weight's balance point (Adam step / MASK_DECAY, about 0.1 at lr 1e-4) falls with it and the masks settle.
+MASK_DECAY = 1e-3
 
 
 class QuantOut(NamedTuple):
@@ -97,9 +101,14 @@ class QuantOut(NamedTuple):
 
 
 class TwinLinear(nn.Module):
-    """Training stand-in for a Brevitas ``QuantLinear``: int8 per-token input, group-wise weights."""
+    """Training stand-in for a Brevitas ``QuantLinear``: int8 per-token input, group-wise weights.
 
-    def __init__(self, mod):
+    ``learn_mask``: the 2:4 mask is re-chosen at every step from the dense shadow weights (the two largest
+    magnitudes of each four inputs) and the gradient passes straight through it, so a pruned weight that the loss
+    wants can grow and take its block's place (SR-STE, Zhou et al. 2021); :meth:`decay_pruned` pulls the pruned
+    shadows back towards zero, which keeps the mask from flipping back and forth."""
+
+    def __init__(self, mod, learn_mask: bool = False):
         super().__init__()
         self.weight = nn.Parameter(mod.weight.detach().float().clone())
         self.bias = None if mod.bias is None else nn.Parameter(mod.bias.detach().float().clone())
@@ -114,11 +123,28 @@ class TwinLinear(nn.Module):
         self.register_buffer("mask", None if mask is None else mask.to(self.weight.device, torch.float32))
         iq = getattr(mod, "input_quant", None)
         self.act = iq is not None and iq.is_quant_enabled
+        self.learn_mask = learn_mask and self.mask is not None
+
+    def current_mask(self):
+        """The 2:4 mask in force: the fixed one, or the one the shadow weights choose now."""
+        if not self.learn_mask:
+            return self.mask
+        return mask_2to4(self.weight.detach().abs()).to(self.weight.dtype)
 
     def quant_weight(self):
+        fixed = None if self.learn_mask else self.mask
         if self.scale is None:
-            return self.weight if self.mask is None else self.weight * self.mask
-        return KERNELS["weight"](self.weight, self.scale, self.zero, self.levels, self.group, self.mask)
+            w = self.weight if fixed is None else self.weight * fixed
+        else:
+            w = KERNELS["weight"](self.weight, self.scale, self.zero, self.levels, self.group, fixed)
+        if self.learn_mask:  # masked forward, unmasked (straight-through) backward
+            w = w + (w * self.current_mask() - w).detach()
+        return w
+
+    @torch.no_grad()
+    def decay_pruned(self, rate: float) -> None:
+        if self.learn_mask and rate:
+            self.weight.mul_(1 - rate * (1 - self.current_mask()))
 
     def forward(self, x):
         if self.act:
@@ -146,8 +172,9 @@ def _quant_enabled(q) -> bool:
     return q is not None and getattr(getattr(q, "act_quant", None), "is_quant_enabled", False)
 
 
-def make_twin(model, kv_bits: int | None) -> dict:
-    """Swap the Brevitas modules of ``model`` for twins in place; returns what :func:`write_back` needs."""
+def make_twin(model, kv_bits: int | None, learn_masks: bool = False) -> dict:
+    """Swap the Brevitas modules of ``model`` for twins in place (``learn_masks``: see :class:`TwinLinear`);
+    returns what :func:`write_back` needs."""
     from accllm.quant import attention as attn
 
     swapped = {"linears": {}, "sdpa": []}
@@ -157,7 +184,7 @@ def make_twin(model, kv_bits: int | None) -> dict:
         linears["lm_head"] = head
     for name, mod in linears.items():
         parent, attr = name.rsplit(".", 1) if "." in name else ("", name)
-        twin = TwinLinear(mod).to(mod.weight.device)
+        twin = TwinLinear(mod, learn_masks and name != "lm_head").to(mod.weight.device)
         setattr(model.get_submodule(parent), attr, twin)
         swapped["linears"][name] = (mod, twin)
     for m in attn.attention_modules(model):
@@ -175,13 +202,16 @@ def make_twin(model, kv_bits: int | None) -> dict:
 
 @torch.no_grad()
 def write_back(model, swapped: dict) -> None:
-    """Trained weights and scales into the Brevitas modules (zero points and masks unchanged), which go back
-    in place of the twins."""
+    """Trained weights and scales into the Brevitas modules (zero points unchanged; a learned 2:4 mask replaces
+    the module's ``sparse_mask``), which go back in place of the twins."""
     from accllm.quant.quantize import set_weight_quant_params
 
     for name, (mod, twin) in swapped["linears"].items():
-        w = twin.weight if twin.mask is None else twin.weight * twin.mask
+        mask = twin.current_mask()
+        w = twin.weight if mask is None else twin.weight * mask
         mod.weight.data.copy_(w.to(mod.weight.dtype))
+        if twin.learn_mask:
+            mod.register_buffer("sparse_mask", mask.bool().to(mod.weight.device), persistent=False)
         if twin.bias is not None:
             mod.bias.data.copy_(twin.bias.to(mod.bias.dtype))
         if twin.scale is not None:
@@ -204,7 +234,9 @@ def distill(student, teacher, train_ids, settings, masks, device, progress: bool
     given), ``settings.qat_batch`` sequences a step. ``twin``: train the twin (see the module docstring) and
     write it back at the end (``train_scales``: its group scales train too); ``amp``: bf16 autocast (default: on
     a GPU with the twin). ``monitor(step, model)``
-    is called every ``monitor_every`` steps (e.g. to log a perplexity curve). Returns the KL of each step;
+    is called every ``monitor_every`` steps (e.g. to log a perplexity curve). ``settings.qat_learn_masks``: the 2:4
+    masks are learned (see :class:`TwinLinear`) and ``masks`` is updated in place to the final ones. Returns the KL
+    of each step;
     ``student.accllm_distill_stats`` holds steps, seconds and tokens/s."""
     if teacher is None:
         raise ValueError("quantisation-aware fine-tuning needs the float model as teacher")
@@ -213,7 +245,10 @@ def distill(student, teacher, train_ids, settings, masks, device, progress: bool
     teacher.eval()
     if amp:
         teacher = copy.deepcopy(teacher).to(torch.bfloat16)
-    swapped = make_twin(student, settings.kv_bits) if twin else None
+    learn = bool(getattr(settings, "qat_learn_masks", False)) and bool(masks)
+    if learn and not twin:
+        raise ValueError("learned 2:4 masks need the twin (twin=True)")
+    swapped = make_twin(student, settings.kv_bits, learn) if twin else None
     if twin:
         for n, p in student.named_parameters():  # the embedding (a tied LM head too) frozen; the rest trains
             p.requires_grad_("embed_tokens" not in n and (train_scales or not n.endswith(".scale")))
@@ -255,6 +290,9 @@ def distill(student, teacher, train_ids, settings, masks, device, progress: bool
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
+            if learn:
+                for _, t in swapped["linears"].values():
+                    t.decay_pruned(MASK_DECAY)
             if masks and not twin:  # the twin multiplies by its mask; Brevitas' float weights need re-zeroing
                 apply_masks(student, masks)
             losses.append(loss.detach())
@@ -277,6 +315,8 @@ def distill(student, teacher, train_ids, settings, masks, device, progress: bool
         student.eval()
         if twin:
             write_back(student, swapped)
+            if learn:  # the caller's masks are the ones the model now carries
+                masks.update({n: m.sparse_mask.cpu() for n, m in decoder_linears(student).items() if n in masks})
             for p in student.parameters():
                 p.requires_grad_(True)
         elif masks:

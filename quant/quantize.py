@@ -49,6 +49,7 @@ class CompressionSettings:
     qat_batch: int = 16
     qat_seconds: float = 0.0         # stop the fine-tune after this long (0: run all steps)
     qat_generated: int = 0           # teacher-generated sequences mixed into the fine-tune (data-free, LLM-QAT)
+    qat_learn_masks: bool = False    # re-choose the 2:4 masks during the fine-tune (SR-STE) instead of keeping them
     seed: int = 0
 
     def policy(self) -> attn.LambdaPolicy | None:
@@ -79,6 +80,11 @@ class CompressionSettings:
             raise ValueError("calibration needs at least one sample of at least 2 tokens")
         if self.qat_steps < 0:
             raise ValueError(f"QAT steps must be >= 0, got {self.qat_steps}")
+        if self.qat_steps and (self.qat_lr <= 0 or self.qat_batch <= 0 or self.qat_seconds < 0):
+            raise ValueError(f"distillation needs qat_lr > 0, qat_batch > 0 and qat_seconds >= 0; got "
+                             f"{self.qat_lr}, {self.qat_batch}, {self.qat_seconds}")
+        if self.qat_learn_masks and self.sparsity != "2:4":
+            raise ValueError(f"learned masks (qat_learn_masks) need sparsity '2:4', got {self.sparsity!r}")
         self.policy()  # validates sinks / window / positions
         if config is not None:
             dims = linear_in_features(config)

@@ -86,3 +86,29 @@ def test_distillation_lowers_the_kl_to_the_teacher():
     ints = integer_linear_weights(model)
     for name, mask in masks.items():
         assert torch.equal(ints[name]["codes"][~mask], ints[name]["zero_points"].repeat_interleave(16, 1)[~mask])
+
+
+def test_learned_masks_move_stay_2to4_and_go_back_into_brevitas():
+    model, masks, s = _compressed(4)
+    teacher = tiny_model()
+    before = {k: v.clone() for k, v in masks.items()}
+    s = copy.copy(s)
+    s.qat_steps, s.qat_lr, s.qat_batch, s.qat_learn_masks = 30, 1e-2, 8, True
+    qat.distill(model, teacher, train_stream(tokenizer(), s.calib_text), s, masks, "cpu", progress=False)
+    moved = sum(int((masks[k] != before[k]).sum()) for k in masks)
+    assert moved > 0, "no 2:4 mask changed under a large learning rate"
+    ints = integer_linear_weights(model)
+    for name, mask in masks.items():
+        blocks = mask.reshape(mask.shape[0], -1, 4).sum(-1)
+        assert torch.equal(blocks, torch.full_like(blocks, 2)), name
+        assert torch.equal(ints[name]["mask"], mask)
+        assert torch.equal(ints[name]["codes"][~mask], ints[name]["zero_points"].repeat_interleave(16, 1)[~mask])
+
+
+def test_learned_masks_need_the_twin():
+    model, masks, s = _compressed(4)
+    s = copy.copy(s)
+    s.qat_steps, s.qat_learn_masks = 1, True
+    with pytest.raises(ValueError, match="learned 2:4 masks need the twin"):
+        qat.distill(model, tiny_model(), train_stream(tokenizer(), s.calib_text), s, masks, "cpu", progress=False,
+                    twin=False)

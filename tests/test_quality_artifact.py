@@ -29,7 +29,30 @@ def test_pack_unpack_rebuilds_every_tensor(tmp_path, bits):
     out = unpack(tmp_path / "pack" / "bundled", tmp_path / "rebuilt")
     want, got = load_file(str(ckpt / WEIGHTS_FILE)), load_file(str(out / WEIGHTS_FILE))
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
-    load_compressed(out)  # a valid checkpoint (its manifest and settings)
+    assert (out / "config.json").read_text() == (ckpt / "config.json").read_text()  # untied head stays untied
+    x = torch.tensor([[1, 5, 9, 2, 7]])
+    with torch.no_grad():
+        ref, back = load_compressed(ckpt)[0], load_compressed(out)[0]
+        assert torch.equal(back.model.embed_tokens.weight, ref.model.embed_tokens.weight)
+        assert torch.equal(back(input_ids=x).logits, ref(input_ids=x).logits)
+
+
+def test_a_quantised_head_tied_to_the_embedding_is_refused(tmp_path):
+    import json
+
+    model, tok = load_model("bundled")
+    s = CompressionSettings(weight_bits=4, weight_method="rtn", prune_method="wanda", calib_samples=4, calib_seqlen=32)
+    model, masks = compress(model, tok, s, device="cpu", progress=False)
+    ckpt = save_compressed(model, tok, s, masks, tmp_path / "ckpt")
+    cfg = json.loads((ckpt / "config.json").read_text())
+    assert cfg["tie_word_embeddings"] is False
+    cfg["tie_word_embeddings"] = True
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    from accllm.quant.integrity import write_manifest
+
+    write_manifest(ckpt)
+    with pytest.raises(ValueError, match="ties the head to the embedding"):
+        load_compressed(ckpt)
 
 
 def test_a_damaged_pack_is_refused(tmp_path):
