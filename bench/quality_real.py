@@ -480,7 +480,8 @@ def plot(result, path):
         if r.get("trend"):
             steps = [t["step"] for t in r["trend"]]
             ax.plot(steps, [t["english"] / fp["english"] for t in r["trend"]], marker=".",
-                    label=f"{r['key']} lr {str(r.get('lr', r['settings']['qat_lr']))[:16]} run {r['run']} (English)")
+                    label=f"{r['key']} lr {str(r.get('lr', r['settings']['qat_lr']))[:16]} run {r['run']}"
+                          f"{', learned masks' if r.get('settings', {}).get('qat_learn_masks') else ''} (English)")
     for x, c in ((1.5, "tab:green"), (3.0, "tab:red")):
         ax.axhline(x, color=c, ls="--", lw=1)
     ax.set_yscale("log")
