@@ -69,7 +69,8 @@ def pack(ckpt: Path, prefix: Path, model: str) -> list[Path]:
     body = prefix.with_name(prefix.name + ".safetensors")
     save_file(out, str(body))
     meta = {"model": model, "weights_sha256": _sha256(ckpt / WEIGHTS_FILE), "settings_file":
-            (ckpt / SETTINGS_FILE).read_text(), "config_file": (ckpt / "config.json").read_text(), "report": json.loads((ckpt / "report.json").read_text())
+            (ckpt / SETTINGS_FILE).read_text(), "config_file": (ckpt / "config.json").read_text(),
+            "report": json.loads((ckpt / "report.json").read_text())
             if (ckpt / "report.json").is_file() else None,
             "shapes": {n: list(t.shape) for n, t in tensors.items()},
             "tensor_sha256": {n: _tensor_sha256(t) for n, t in tensors.items()},

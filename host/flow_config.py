@@ -49,14 +49,10 @@ class Compression(_Strict):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _distillation_keys_need_distillation(self):
+    def _generated_needs_distillation(self):
         if self.qat_generated and not self.qat_steps:
             raise ValueError(f"qat_generated ({self.qat_generated}) needs qat_steps > 0: the generated sequences "
                              "are distillation data")
-        if self.qat_learn_masks and self.sparsity != "2:4":
-            raise ValueError(f"qat_learn_masks needs sparsity '2:4' (got {self.sparsity!r}): it learns 2:4 masks")
-        if self.qat_learn_masks and not self.qat_steps:
-            raise ValueError("qat_learn_masks needs qat_steps > 0: the masks are learned by the distillation")
         return self
 
     def settings(self):

@@ -114,7 +114,8 @@ def compress_to_checkpoint(model_dir, s: CompressionSettings, out, eval_tokens: 
         print(f"compressed perplexity {report['perplexity_compressed']:.3f}")
     if s.qat_steps:
         losses = model.accllm_qat_losses
-        report["qat"] = {"steps_run": len(losses), "kl_first": losses[0], "kl_last_50_mean": sum(losses[-50:]) / len(losses[-50:]),
+        report["qat"] = {"steps_run": len(losses), "kl_first": losses[0],
+                         "kl_last_50_mean": sum(losses[-50:]) / len(losses[-50:]),
                          "distill_stats": model.accllm_distill_stats}  # seconds, steps/s, tokens/s, batch, amp
     report["weight_bytes_per_token"] = weight_bytes_per_token(model, s)
     report["kv_bytes_per_token"] = kv_bytes_per_token(model.config, s.kv_bits)

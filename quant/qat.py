@@ -245,7 +245,7 @@ def distill(student, teacher, train_ids, settings, masks, device, progress: bool
     teacher.eval()
     if amp:
         teacher = copy.deepcopy(teacher).to(torch.bfloat16)
-    learn = bool(getattr(settings, "qat_learn_masks", False)) and bool(masks)
+    learn = settings.qat_learn_masks and bool(masks)
     if learn and not twin:
         raise ValueError("learned 2:4 masks need the twin (twin=True)")
     swapped = make_twin(student, settings.kv_bits, learn) if twin else None

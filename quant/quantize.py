@@ -84,7 +84,9 @@ class CompressionSettings:
             raise ValueError(f"distillation needs qat_lr > 0, qat_batch > 0 and qat_seconds >= 0; got "
                              f"{self.qat_lr}, {self.qat_batch}, {self.qat_seconds}")
         if self.qat_learn_masks and self.sparsity != "2:4":
-            raise ValueError(f"learned masks (qat_learn_masks) need sparsity '2:4', got {self.sparsity!r}")
+            raise ValueError(f"qat_learn_masks needs sparsity '2:4' (got {self.sparsity!r}): it learns 2:4 masks")
+        if self.qat_learn_masks and not self.qat_steps:
+            raise ValueError("qat_learn_masks needs qat_steps > 0: the masks are learned by the distillation")
         self.policy()  # validates sinks / window / positions
         if config is not None:
             dims = linear_in_features(config)
