@@ -233,26 +233,23 @@ class DistillationDiverged(ValueError):
 
 def check_converged(losses: list[float], settings) -> None:
     """Refuse a distillation that left the student further from the teacher than it started: a KL that is not
-    finite, or whose mean over the last quarter of the steps exceeds the first step's (the student as it came). Too high a
-    ``qat_lr`` for a small ``qat_batch`` does this (SmolLM2 at lr 1e-4, batch 16: the KL rose from 1.6 to 63 and
-    ended at 1.7), and the model written back would be worse than the post-training one."""
-    if not losses:
-        return
+    finite, or whose mean over the last quarter of the steps exceeds the first step's (the student as it came).
+    Too high a ``qat_lr`` for a small ``qat_batch`` does this (SmolLM2 at lr 1e-4, batch 16: the KL rose from 1.6
+    to 63 and ended at 1.7), and the model written back would be worse than the post-training one."""
+    advice = f"qat_lr (now {settings.qat_lr}) or raise qat_batch (now {settings.qat_batch})"
     bad = [i for i, v in enumerate(losses) if not math.isfinite(v)]
     if bad:
-        raise DistillationDiverged(f"distillation diverged: the KL is not finite from step {bad[0]} on; lower "
-                                   f"qat_lr (now {settings.qat_lr}) or raise qat_batch (now {settings.qat_batch})")
+        raise DistillationDiverged(f"distillation diverged: the KL is not finite from step {bad[0]} on; lower {advice}")
     if len(losses) < 10:
         return
-    start = losses[0]
     tail = losses[-max(5, len(losses) // 4):]
     end = sum(tail) / len(tail)
-    if end > start:
+    if end > losses[0]:
         peak = max(range(len(losses)), key=losses.__getitem__)
         raise DistillationDiverged(
             f"distillation diverged: the KL to the teacher ended at {end:.3f} (mean of the last {len(tail)} steps), "
-            f"above where it started ({start:.3f} at step 0); it peaked at {losses[peak]:.3f} at step {peak}. "
-            f"Lower qat_lr (now {settings.qat_lr}) or raise qat_batch (now {settings.qat_batch})")
+            f"above where it started ({losses[0]:.3f} at step 0); it peaked at {losses[peak]:.3f} at step {peak}. "
+            f"Lower {advice}")
 
 
 def distill(student, teacher, train_ids, settings, masks, device, progress: bool = True,
@@ -352,10 +349,10 @@ def distill(student, teacher, train_ids, settings, masks, device, progress: bool
         elif masks:
             apply_masks(student, masks)
     losses = [float(v) for v in torch.stack(losses).cpu()] if losses else []
-    check_converged(losses, settings)
     steady = max(t0 + seconds - t_first, 1e-9) if len(losses) > 1 else float("nan")
     student.accllm_distill_stats = {
         "steps": len(losses), "seconds": seconds, "steps_per_s": len(losses) / seconds,
         "steps_per_s_after_first": (len(losses) - 1) / steady, "tokens_per_s_after_first":
         (len(losses) - 1) * batch * n / steady, "batch": batch, "seqlen": n, "twin": twin, "amp": amp}
+    check_converged(losses, settings)  # after the stats, so a refused run still carries them
     return losses
