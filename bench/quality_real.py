@@ -27,6 +27,8 @@ Stages (each writes ``quality_<model>.<stage>.json`` into ``--out``; ``report`` 
            transport pack of ``bench/quality_artifact.py`` too), then scored; ``--monitor-every`` logs a
            perplexity curve of the twin (bf16) on the test texts, for the report only, never to choose anything
   evalckpt score ``--work``/distilled_<key> (e.g. rebuilt here from a pack) as ``distill`` does
+  ablate   where a checkpoint's loss comes from (held-out English): the same weights with Λ, K/V 4-bit and A8
+           switched off one at a time, then together (``--distill``, ``--init`` pick the checkpoints in ``--work``)
   long     Λ against full attention at 1x, 2x, 4x the Λ slots (window + sinks) and over the whole English
            test stream, past the trained context when the stream is longer
 
@@ -164,11 +166,12 @@ def _generations(a, teacher, tok):
     """The teacher's own samples from BOS (data-free distillation text), made once per work folder."""
     from accllm.quant.qat import teacher_generations
 
-    path = a.work / f"generations_{a.generated}x{a.seqlen}.pt"
+    path = a.work / f"generations_{a.generated}x{a.seqlen}{f'_seed{a.gen_seed}' if a.gen_seed else ''}.pt"
     if path.is_file():
         return torch.load(path)
     t0 = time.time()
-    gen = teacher_generations(teacher, tok, a.generated, a.seqlen, seed=0, progress=False, batch=a.gen_batch)
+    gen = teacher_generations(teacher, tok, a.generated, a.seqlen, seed=a.gen_seed, progress=False,
+                              batch=a.gen_batch)
     torch.save(gen, path)
     print(f"{len(gen)} teacher generations of {a.seqlen} tokens in {time.time() - t0:.0f} s; sample: "
           f"{tok.decode(gen[0, :60])!r}", flush=True)
@@ -275,7 +278,7 @@ def stage_distill(a, fp, tok, txt, dev):
         row = {"config": _distilled_label(key, s), "key": key, **evaluate(student, txt, a.context),
                "before_distillation": before, "settings": s.to_json(), "steps": len(losses),
                "steps_total": done + len(losses), "tokens_total": (done + len(losses)) * a.batch * a.seqlen,
-               "distill_seconds": stats["seconds"], "distill_stats": stats, "lr": a.lr,
+               "distill_seconds": stats["seconds"], "distill_stats": stats, "lr": a.lr, "gen_seed": a.gen_seed,
                "scales_trained": not a.freeze_scales,
                "distill_seconds_total": prior.get("distill_seconds_total", 0) + stats["seconds"],
                "kl_first": losses[0], "kl_last_50": sum(losses[-50:]) / len(losses[-50:]), "trend": trend,
@@ -314,6 +317,58 @@ def stage_evalckpt(a, fp, tok, txt, dev):
     return {"rows": rows}
 
 
+def _ablations(policy):
+    """(label, Λ policy or None, K 4-bit, V 4-bit, A8) of the breakdown: one component switched off at a time,
+    then attention and activations off together, down to the compressed weights alone. A8 covers the linear
+    layers' inputs and the attention's Q and P operands (int8, as the engine computes them)."""
+    wide = attn.LambdaPolicy(policy.sinks, 2 * policy.slots - policy.sinks, policy.positions)
+    return [("as compressed (Λ, KV4, A8)", policy, True, True, True),
+            ("float K and V", policy, False, False, True),
+            ("K 4-bit only", policy, True, False, True),
+            ("V 4-bit only", policy, False, True, True),
+            ("float activations (no A8)", policy, True, True, False),
+            (f"Λ {wide.sinks} + {wide.window} (2x the slots)", wide, True, True, True),
+            ("full attention", None, True, True, True),
+            ("full attention, float K and V", None, False, False, True),
+            ("full attention, float K, V and activations (the weights alone)", None, False, False, False)]
+
+
+@torch.no_grad()
+def stage_ablate(a, fp, tok, txt, dev):
+    """Where a compressed checkpoint's loss comes from: the same weights scored with Λ, the K/V quantisers and the
+    activation quantisers switched off one at a time (held-out English only; ``--distill`` picks the checkpoints
+    in ``--work``, distilled or, with ``--init ptq``, post-training)."""
+    from accllm.quant.checkpoint import load_compressed
+
+    eng = {"english": txt["english"]}
+    fp_ppl = evaluate(copy.deepcopy(fp).to(dev), eng, a.context)["english"]
+    print(f"FP english {fp_ppl:.2f}", flush=True)
+    out = {"fp_english": fp_ppl, "checkpoints": {}}
+    for key in a.distill:
+        src = _distilled_dir(a, key) if a.init == "distilled" else a.work / f"ptq_{key}"
+        model, _, s = load_compressed(src, device=dev)
+        sdpas = [m.sdpa for m in attn.attention_modules(model)]
+        kept = [(d.k_quant, d.v_quant, d.q_quant, d.p_quant) for d in sdpas]
+        linears = [m for m in model.modules() if getattr(m, "input_quant", None) is not None]
+        rows = []
+        for label, pol, k4, v4, a8 in tqdm(_ablations(s.policy()), desc=f"ablate {key}", disable=None):
+            attn.set_policy(model, pol)
+            for d, (k, v, q, p) in zip(sdpas, kept):
+                d.k_quant, d.v_quant = (k if k4 else None), (v if v4 else None)
+                d.q_quant, d.p_quant = (q if a8 else None), (p if a8 else None)
+            for m in linears:
+                m.input_quant.disable_quant = not a8
+            t0 = time.time()
+            ppl = evaluate(model, eng, a.context)["english"]
+            rows.append({"variant": label, "lambda": None if pol is None else vars(pol), "k4": k4, "v4": v4,
+                         "a8": a8, "english": ppl, "ratio_to_fp": ppl / fp_ppl, "seconds": time.time() - t0})
+            print(f"  {key} {label}: {ppl:.2f} ({ppl / fp_ppl:.2f}x)", flush=True)
+            checkpoint_rows(a, "ablate", rows)
+        out["checkpoints"][key] = {"path": str(src), "settings": s.to_json(), "rows": rows}
+        del model
+    return out
+
+
 @torch.no_grad()
 def stage_long(a, fp, tok, txt, dev):
     policy = CompressionSettings(**BASE).policy()
@@ -350,7 +405,7 @@ def _load_run(run: Path, name: str) -> dict:
     speed = first("speed")
     ptq_rows = ptq["rows"] if isinstance(ptq, dict) else (ptq or [])
     distill_rows = distill["rows"] if isinstance(distill, dict) else (distill or [])
-    return {"rows": ptq_rows + distill_rows, "long": first("long"), "speed": speed,
+    return {"rows": ptq_rows + distill_rows, "long": first("long"), "speed": speed, "ablate": first("ablate"),
             "meta": ptq.get("meta") if isinstance(ptq, dict)
             else None, "texts": ptq.get("texts") if isinstance(ptq, dict) else None}
 
@@ -412,7 +467,7 @@ def report(a):
     """Merge the stage files of one or more runs (``--runs``, in order; each run's rows are compared with that
     run's own FP row, since runs may score different numbers of Python tokens)."""
     runs = [Path(r) for r in (a.runs.split(",") if a.runs else [str(a.out)])]
-    rows, long_ctx, texts, speed = [], None, None, None
+    rows, long_ctx, texts, speed, ablation = [], None, None, None, None
     for i, run in enumerate(runs):
         d = _load_run(run, a.name)
         fp = next((r for r in d["rows"] if r["config"].startswith("FP")), None)
@@ -425,10 +480,11 @@ def report(a):
             rows.append({**r, "run": i, "ratio_to_fp": {k: r[k] / fp[k] for k in ("english", "python")}})
         long_ctx = d["long"] or long_ctx
         speed = d["speed"] or speed
+        ablation = d["ablate"] or ablation
         texts = d["texts"] or texts
     _correct_weight_bytes(a.model, rows)
     result = {"model": a.name, "texts": texts, "context": a.context, "rows": rows, "long_context": long_ctx,
-              "runs": [str(r) for r in runs], "distillation_speed": speed,
+              "runs": [str(r) for r in runs], "distillation_speed": speed, "ablation": ablation,
               "engine_bytes_per_token": engine_bytes_per_token(a.model),
               "fp_note": "FP = the GGUF's Q4_1 weights (Q8_0 embedding) dequantised to float32" if
               a.name.lower().startswith("smollm2") else None}
@@ -509,6 +565,7 @@ def main(argv=None):
     ap.add_argument("--together", default="w2,w4", help="ptq: which together-configurations to make")
     ap.add_argument("--distill-seconds", type=float, default=120)
     ap.add_argument("--generated", type=int, default=4096, help="teacher generations for distillation")
+    ap.add_argument("--gen-seed", type=int, default=0, help="teacher generations: sampling seed (fresh text)")
     ap.add_argument("--gen-batch", type=int, default=1024, help="sequences sampled at once")
     ap.add_argument("--seqlen", type=int, default=256, help="distillation sequence length")
     ap.add_argument("--lr", type=float, default=1e-4)
@@ -547,7 +604,7 @@ def main(argv=None):
     fp, tok = load_model(a.model)
     txt = texts(tok, a.english_dir, a.python_tokens, a.english_tokens)
     fns = {"ptq": stage_ptq, "speed": stage_speed, "distill": stage_distill, "evalckpt": stage_evalckpt,
-           "long": stage_long}
+           "long": stage_long, "ablate": stage_ablate}
     for stage in stages:
         t0 = time.time()
         res = fns[stage](a, fp, tok, txt, dev)
