@@ -22,6 +22,19 @@ def test_default_flow_is_valid_and_names_every_step():
     assert flow.engine.group_size == flow.compression.group_size
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in DEFAULT_FLOW.parent.glob("*.yaml")))
+def test_every_shipped_flow_is_valid(tmp_path, name):
+    """Each flow in host/flows passes the schema and the engine's checks, and its compression settings validate
+    (a flow taking a checkpoint is checked without it: the checkpoint is a local artifact, not shipped)."""
+    raw = yaml.safe_load((DEFAULT_FLOW.parent / name).read_text())
+    raw.pop("checkpoint", None)
+    flow = load_flow(_write(tmp_path, yaml.safe_dump(raw)))
+    s = flow.compression.settings()
+    assert (flow.engine.sinks, flow.engine.window, flow.engine.group_size) == (s.sinks, s.window, s.group_size)
+    if s.qat_steps:  # a distilling flow: at batch 16, lr 1e-4 SmolLM2's distillation diverged on the GPU
+        assert s.qat_batch >= 64 and s.qat_seconds > 0
+
+
 @pytest.mark.parametrize("text, message", [
     ("model: bundled\ncompresion: {}\n", r"compresion: unknown key"),
     ("compression: {sinks: 4, windw: 12}\n", r"compression\.windw: unknown key"),
