@@ -432,6 +432,16 @@ def brevitas_generate(model, prompt: list[int], max_new: int, eos: int | None = 
     return out, logits_all
 
 
+def brevitas_prefill_logits(model, ids: list[int]) -> torch.Tensor:
+    """Logits [len(ids), vocab] of the Brevitas model over ``ids`` as one prefill chunk (fresh Λ KV cache)."""
+    from accllm.quant import attention as attn
+
+    cache = attn.KVCache(model.config.num_hidden_layers, model.accllm_settings.policy())
+    with attn.attached(model, cache):
+        out = model(input_ids=torch.tensor(ids)[None], position_ids=torch.arange(len(ids))[None], use_cache=False)
+    return out.logits[0].float()
+
+
 def teacher_forced_vs_brevitas(model, golden: "GoldenModel", prompts: list[list[int]], max_new: int,
                                progress=None) -> dict:
     """The golden model fed the Brevitas model's own greedy continuation, so both see the same context at every
@@ -441,11 +451,15 @@ def teacher_forced_vs_brevitas(model, golden: "GoldenModel", prompts: list[list[
     Returns ``steps``, ``agree`` (argmax equal), ``agreement`` (rate), ``max_abs`` / ``max_rel`` logit error
     (relative to the step's max |logit|), and ``max_disagree_margin``: the largest Brevitas logit gap between
     its own top token and the golden model's, over the steps that disagree (a near-tie has a gap within the
-    logit error)."""
+    logit error); ``floor_rel``: Brevitas against itself, the same tokens as one prefill chunk instead of token by
+    token (relative as ``max_rel``), how far its float32 result moves with the summation order alone."""
     steps = agree = 0
-    max_abs = max_rel = margin = 0.0
+    max_abs = max_rel = margin = floor = 0.0
     for ids in prompts:
         ref, ref_logits = brevitas_generate(model, ids, max_new)
+        with torch.no_grad():
+            chunk = brevitas_prefill_logits(model, ids + ref[:-1])[len(ids) - 1:]
+        floor = max([floor] + [float((a - b).abs().max() / a.abs().max()) for a, b in zip(ref_logits, chunk)])
         golden.reset()
         for t in ids:
             lg = golden.step(t)
@@ -464,4 +478,4 @@ def teacher_forced_vs_brevitas(model, golden: "GoldenModel", prompts: list[list[
         if progress is not None:
             progress.update(1)
     return {"steps": steps, "agree": agree, "agreement": agree / max(steps, 1), "max_abs": max_abs,
-            "max_rel": max_rel, "max_disagree_margin": margin}
+            "max_rel": max_rel, "max_disagree_margin": margin, "floor_rel": floor}

@@ -8,16 +8,25 @@ from dataclasses import asdict
 
 
 # Bounds of the Brevitas fake-quant model against the golden model, teacher-forced (measured on the bundled
-# checkpoints: agreement >= 0.99, max relative logit error <= 0.03; tests/test_golden_model.py).
+# checkpoints: agreement >= 0.99, max relative logit error <= 0.03; tests/test_golden_model.py). A deep model's
+# float32 Brevitas result moves with the summation order alone (a 1-ulp change flips a dynamic A8 / KV4 rounding,
+# and 30 layers grow it: SmolLM2 W4, 0.18 between one prefill chunk and token-by-token decoding), so the logit
+# error may reach FLOOR_FACTOR x that self-disagreement of the same run where it exceeds the fixed bound.
 MIN_AGREEMENT = 0.9
 MAX_REL_LOGIT_ERROR = 0.05
+FLOOR_FACTOR = 2.0
+
+
+def rel_logit_bound(floor_rel: float) -> float:
+    return max(MAX_REL_LOGIT_ERROR, FLOOR_FACTOR * floor_rel)
 
 
 def verify_compress(ctx) -> dict:
     """The golden model (the engine's integer arithmetic) against the Brevitas fake-quant model it was made
     from, teacher-forced on the flow's prompts (both fed Brevitas's greedy continuation): token agreement rate
-    and logit error within the bounds above; a disagreement must be a near-tie (Brevitas top-2 gap within twice
-    the logit error). Greedy tokens of two float paths may part at a near-tie on one CPU and not another."""
+    and logit error within the bounds above (the logit bound widened to twice Brevitas's own self-disagreement
+    where that is larger); a disagreement must be a near-tie (Brevitas top-2 gap within twice the logit error).
+    Greedy tokens of two float paths may part at a near-tie on one CPU and not another."""
     from tqdm import tqdm
 
     from accllm.quant.checkpoint import load_compressed
@@ -29,10 +38,12 @@ def verify_compress(ctx) -> dict:
     with tqdm(total=len(prompts), desc="[compress] golden vs Brevitas, teacher-forced", unit="prompt",
               leave=False) as bar:
         r = teacher_forced_vs_brevitas(model, golden, prompts, ctx.flow.evaluation.max_new_tokens, bar)
+    bound = rel_logit_bound(r["floor_rel"])
     result = {"tokens_agree": f"{r['agree']}/{r['steps']}", "agreement": round(r["agreement"], 4),
               "min_agreement": MIN_AGREEMENT, "max_rel_logit_error": r["max_rel"],
-              "bound_rel_logit_error": MAX_REL_LOGIT_ERROR, "max_logit_diff": r["max_abs"]}
-    if (r["agreement"] < MIN_AGREEMENT or r["max_rel"] >= MAX_REL_LOGIT_ERROR
+              "brevitas_self_rel_error": r["floor_rel"], "bound_rel_logit_error": bound,
+              "max_logit_diff": r["max_abs"]}
+    if (r["agreement"] < MIN_AGREEMENT or r["max_rel"] >= bound
             or r["max_disagree_margin"] > 2 * r["max_abs"]):
         raise AssertionError(f"the golden model differs from the Brevitas model beyond the bounds: {result}, "
                              f"largest Brevitas top-2 gap where they disagree {r['max_disagree_margin']:.3g}")

@@ -51,3 +51,7 @@ def test_golden_untied_head_matches_brevitas(untied):
     golden.w.lm_head = LinearInts(codes.long(), h.zeros, h.scales, wbits=4)
     wrong = teacher_forced_vs_brevitas(model, golden, prompts, max_new=8)
     assert wrong["max_rel"] > 0.5 and wrong["agreement"] < 1.0, wrong
+    # and the flow's bound, widened only by Brevitas's disagreement with itself, still refuses it
+    from accllm.sim.steps import rel_logit_bound
+
+    assert wrong["floor_rel"] == r["floor_rel"] and wrong["max_rel"] > rel_logit_bound(wrong["floor_rel"]), wrong
