@@ -243,7 +243,7 @@ def model_tag(dims: dict) -> str:
 
 
 def manifest_entry(top: HlsTop, board: Board, lanes: int, group: int, dims: dict, cores: int, program_format: int,
-                   blob_format: int, engine=None) -> dict:
+                   blob_format: int, engine=None, block: int = 1) -> dict:
     """``engine`` (:class:`accllm.bitstreams.engine_kernel.EngineKernel`): the bitstream carries the engine RTL
     beside the kernel, recorded as its ``engine_rtl``."""
     name = f"{board.name}_{model_tag(dims)}_L{lanes}_G{group}"
@@ -252,7 +252,7 @@ def manifest_entry(top: HlsTop, board: Board, lanes: int, group: int, dims: dict
     else:
         arts = {"bit": {"path": f"{board.name}/{name}.bit"}, "hwh": {"path": f"{board.name}/{name}.hwh"}}
     return {"name": name, "board": board.name, "flow": board.flow, "kernel": top.name,
-            "engine": {"lanes": lanes, "group": group, "cores": cores, "out_depth": 8}, "dims": dims,
+            "engine": {"lanes": lanes, "group": group, "cores": cores, "out_depth": 8, "block": block}, "dims": dims,
             "program_format": program_format, "blob_format": blob_format, "clock_mhz": board.clock_mhz,
             "built": False, "artifacts": arts, "tool": None, "recipe": "u280" if board.flow == "vitis" else "zynq",
             "engine_rtl": None if engine is None else _engine_record(top, board, engine)}
@@ -281,6 +281,7 @@ class CompiledBuild:
     lanes: int
     group: int
     dims: dict
+    block: int = 1  # the prefill block T the program was compiled for
 
 
 def read_compiled(path) -> CompiledBuild:
@@ -296,7 +297,8 @@ def read_compiled(path) -> CompiledBuild:
     if (lanes, group) != (meta["engine"]["lanes"], meta["dims"]["group"]):
         raise ValueError(f"{path}: hls/parameters.h (LANES {lanes}, GROUP {group}) disagrees with program.bin "
                          f"(lanes {meta['engine']['lanes']}, group {meta['dims']['group']}); recompile")
-    return CompiledBuild(path, path / "hls", meta["engine"]["target"], lanes, group, meta["dims"])
+    return CompiledBuild(path, path / "hls", meta["engine"]["target"], lanes, group, meta["dims"],
+                         int(meta["engine"].get("prefill_block", 1)))
 
 
 def bitstream_name(compiled) -> str:
@@ -348,7 +350,8 @@ def generate(compiled, out: Path, board_name: str | None = None, cores: int = 1)
     pf, bf = format_versions()
     written["manifest_entry.json"] = out / "manifest_entry.json"
     written["manifest_entry.json"].write_text(
-        json.dumps(manifest_entry(top, board, c.lanes, c.group, c.dims, cores, pf, bf, engine), indent=1) + "\n")
+        json.dumps(manifest_entry(top, board, c.lanes, c.group, c.dims, cores, pf, bf, engine, c.block), indent=1)
+                   + "\n")
     return written
 
 

@@ -34,6 +34,7 @@ class EngineParams(BaseModel):
     group: int = Field(gt=0)
     cores: int = Field(default=1, gt=0)
     out_depth: int = Field(default=8, gt=1)
+    block: int = Field(default=1, gt=0)         # prefill block T of parameters.h: with dims, the tokens a run takes
 
 
 class EngineRtl(BaseModel):
@@ -182,8 +183,9 @@ def verify_bitstream(entry: BitstreamEntry | Mapping, bitstream_path: str | Path
     """Check a bitstream against its manifest entry and the compiled program before loading it.
 
     ``program_header`` (a mapping or an object with these attributes) gives ``program_format`` and
-    ``blob_format`` (the version numbers the compiler wrote), ``lanes`` / ``group`` (the engine parameters
-    the program was compiled for) and ``dims`` (the model dimensions); ``board``, when given, is the board the
+    ``blob_format`` (the version numbers the compiler wrote), ``lanes`` / ``group`` / ``block`` (the engine
+    parameters the program was compiled for; the prefill block sets, with the dimensions, the size of the kernel's
+    tokens port) and ``dims`` (the model dimensions); ``board``, when given, is the board the
     runtime is on. Raises
     :class:`BitstreamMismatch` naming every difference; returns the validated entry.
     """
@@ -210,7 +212,7 @@ def verify_bitstream(entry: BitstreamEntry | Mapping, bitstream_path: str | Path
             problems.append(f"{kind}: sha256 of {p} is {got[:16]}..., the manifest says {want[:16]}... "
                             "(a different or corrupted build)")
     for key, have in (("program_format", entry.program_format), ("blob_format", entry.blob_format),
-                      ("lanes", entry.engine.lanes), ("group", entry.engine.group)):
+                      ("lanes", entry.engine.lanes), ("group", entry.engine.group), ("block", entry.engine.block)):
         got = _field(program_header, key)
         if got is None:
             problems.append(f"{key}: the program header does not state it")

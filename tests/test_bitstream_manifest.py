@@ -20,7 +20,7 @@ def _entry(flow="vivado", **kw):
     return e
 
 
-HEADER = {"program_format": 3, "blob_format": 2, "lanes": 16, "group": 32, "dims": DIMS}
+HEADER = {"program_format": 3, "blob_format": 2, "lanes": 16, "group": 32, "block": 1, "dims": DIMS}
 
 
 @pytest.fixture
@@ -71,7 +71,8 @@ def test_wrong_board_refused(built):
 
 
 @pytest.mark.parametrize("key,value,words", [("program_format", 4, "format version 4"), ("blob_format", 1, "format version 1"),
-                                             ("lanes", 8, "engine parameter 8"), ("group", 128, "engine parameter 128")])
+                                             ("lanes", 8, "engine parameter 8"), ("group", 128, "engine parameter 128"),
+                                             ("block", 4, "engine parameter 4")])
 def test_program_mismatch_refused(built, key, value, words):
     m, root = built
     with pytest.raises(mf.BitstreamMismatch, match=f"{key}: the program has {words}"):

@@ -299,6 +299,10 @@ def test_recipe_files_from_a_compiled_build(compiled, tmp_path):
     with pytest.raises(mf.BitstreamMismatch, match="hidden"):
         mf.verify_bitstream(m.entry(entry["name"]), tmp_path / main.path,
                             {**header, "dims": {**header["dims"], "hidden": 2 * header["dims"]["hidden"]}})
+    # a program compiled for another prefill block needs another tokens port: refused before the kernel runs
+    assert entry["engine"]["block"] == c.block == header["block"]
+    with pytest.raises(mf.BitstreamMismatch, match=f"block: the program has engine parameter {c.block + 1}"):
+        mf.verify_bitstream(m.entry(entry["name"]), tmp_path / main.path, {**header, "block": c.block + 1})
 
 
 def test_recipe_refuses_another_board_than_compiled_for(compiled, tmp_path):

@@ -53,7 +53,7 @@ def manifest(tmp_path, path, img, kind, engine_rtl=None):
     board = get_board(BOARD[kind])
     h = img.header
     entry = manifest_entry(find_hls_top(), board, h["lanes"], h["group"], h["dims"], 1, *format_versions(),
-                           engine=ek.engine_of(path))
+                           engine=ek.engine_of(path), block=h["block"])
     if engine_rtl is not None:
         entry["engine_rtl"] = engine_rtl(entry["engine_rtl"])
     for a in entry["artifacts"].values():

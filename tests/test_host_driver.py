@@ -26,7 +26,8 @@ def image():
     args = vitis_arg_offsets([("program", True), ("weights", True), ("kv", True), ("logits", True),
                               ("n_layers", False), ("token", False), ("pos", False), ("slot", False),
                               ("occupied", False)])
-    return EngineImage(header={"program_format": 1, "blob_format": 1, "lanes": 16, "group": 32, "dims": DIMS}, args=args,
+    return EngineImage(header={"program_format": 1, "blob_format": 1, "lanes": 16, "group": 32, "block": 1,
+                               "dims": DIMS}, args=args,
                        buffers={"program": PROGRAM, "weights": WEIGHTS, "kv": 0, "logits": 4 * VOCAB},
                        kv_arg="kv", logits_arg="logits", vocab=VOCAB, layout=LAYOUT,
                        scalars={"token": "token", "pos": "pos", "slot": "slot", "occupied": "occupied"},

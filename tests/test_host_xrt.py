@@ -27,7 +27,8 @@ MAX_TOKENS = 4  # tokens one kernel run takes
 
 def image():
     """The real kernel's arguments (read from the HLS top the compiler writes) with small buffers."""
-    return EngineImage(header={"program_format": 1, "blob_format": 1, "lanes": 16, "group": 32, "dims": DIMS},
+    return EngineImage(header={"program_format": 1, "blob_format": 1, "lanes": 16, "group": 32, "block": 1,
+                               "dims": DIMS},
                        args=vitis_arg_offsets(kernel_args()),
                        buffers={"program": PROGRAM, "blob": BLOB, "kv": LAYOUT.nbytes, "tokens": 4 * MAX_TOKENS,
                                 "logits": 4 * VOCAB, "topk": 128, "trace": 64},
