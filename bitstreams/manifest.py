@@ -178,6 +178,31 @@ def engine_problems(entry: BitstreamEntry, program_header) -> list[str]:
             + ", the bitstream's engine has " + ", ".join(f"{k} {have[k]}" for k in diff)] if diff else []
 
 
+def program_problems(entry: BitstreamEntry, program_header) -> list[str]:
+    """Differences between what the bitstream was built for and what the compiled program needs: format versions,
+    engine parameters, the engine RTL, the model dimensions (``program_header`` as :func:`verify_bitstream`)."""
+    problems = []
+    for key, have in (("program_format", entry.program_format), ("blob_format", entry.blob_format),
+                      ("lanes", entry.engine.lanes), ("group", entry.engine.group), ("block", entry.engine.block)):
+        got = _field(program_header, key)
+        if got is None:
+            problems.append(f"{key}: the program header does not state it")
+        elif int(got) != int(have):
+            what = "format version" if key.endswith("format") else "engine parameter"
+            problems.append(f"{key}: the program has {what} {got}, the bitstream {entry.name!r} was built for {have}")
+    problems += engine_problems(entry, program_header)
+    dims = _field(program_header, "dims")
+    if dims is None:
+        problems.append("dims: the program header does not state the model dimensions")
+    else:
+        diff = sorted(k for k in set(dims) | set(entry.dims) if dims.get(k) != entry.dims.get(k))
+        if diff:
+            problems.append("model dimensions: the program and the bitstream differ in " + ", ".join(
+                f"{k} ({dims.get(k)} vs {entry.dims.get(k)})" for k in diff) + " (the kernel was synthesised for "
+                "another model; rebuild the bitstream from this compiled build)")
+    return problems
+
+
 def verify_bitstream(entry: BitstreamEntry | Mapping, bitstream_path: str | Path, program_header,
                      board: str | None = None) -> BitstreamEntry:
     """Check a bitstream against its manifest entry and the compiled program before loading it.
@@ -211,24 +236,7 @@ def verify_bitstream(entry: BitstreamEntry | Mapping, bitstream_path: str | Path
         if got != want:
             problems.append(f"{kind}: sha256 of {p} is {got[:16]}..., the manifest says {want[:16]}... "
                             "(a different or corrupted build)")
-    for key, have in (("program_format", entry.program_format), ("blob_format", entry.blob_format),
-                      ("lanes", entry.engine.lanes), ("group", entry.engine.group), ("block", entry.engine.block)):
-        got = _field(program_header, key)
-        if got is None:
-            problems.append(f"{key}: the program header does not state it")
-        elif int(got) != int(have):
-            what = "format version" if key.endswith("format") else "engine parameter"
-            problems.append(f"{key}: the program has {what} {got}, the bitstream {entry.name!r} was built for {have}")
-    problems += engine_problems(entry, program_header)
-    dims = _field(program_header, "dims")
-    if dims is None:
-        problems.append("dims: the program header does not state the model dimensions")
-    else:
-        diff = sorted(k for k in set(dims) | set(entry.dims) if dims.get(k) != entry.dims.get(k))
-        if diff:
-            problems.append("model dimensions: the program and the bitstream differ in " + ", ".join(
-                f"{k} ({dims.get(k)} vs {entry.dims.get(k)})" for k in diff) + " (the kernel was synthesised for "
-                "another model; rebuild the bitstream from this compiled build)")
+    problems += program_problems(entry, program_header)
     if problems:
         raise BitstreamMismatch(f"refusing to load bitstream {entry.name!r} ({path}):\n  " + "\n  ".join(problems))
     return entry

@@ -13,7 +13,7 @@ BACKEND_FLOW = {"pynq": "vivado", "xrt": "vitis"}
 def choose_bitstream(manifest, image, name: str | None = None, board: str | None = None, flow: str | None = None):
     """The manifest entry to load: ``name`` if given, else the one built entry (for ``board``, of ``flow``)
     whose engine parameters and formats match the program."""
-    from accllm.bitstreams.manifest import engine_problems
+    from accllm.bitstreams.manifest import program_problems
 
     if name is not None:
         return manifest.entry(name)
@@ -21,9 +21,7 @@ def choose_bitstream(manifest, image, name: str | None = None, board: str | None
 
     def fits(e):
         return (e.built and (board is None or e.board.lower() == board.lower()) and (flow is None or e.flow == flow)
-                and e.program_format == _get(h, "program_format") and e.blob_format == _get(h, "blob_format")
-                and e.engine.lanes == _get(h, "lanes") and e.engine.group == _get(h, "group")
-                and e.dims == _get(h, "dims") and not engine_problems(e, h))
+                and not program_problems(e, h))
 
     matches = [e for e in manifest.bitstreams if fits(e)]
     if len(matches) != 1:
