@@ -243,9 +243,10 @@ def model_tag(dims: dict) -> str:
 
 
 def manifest_entry(top: HlsTop, board: Board, lanes: int, group: int, dims: dict, cores: int, program_format: int,
-                   blob_format: int, engine=None, block: int = 1) -> dict:
+                   blob_format: int, engine=None, *, block: int) -> dict:
     """``engine`` (:class:`accllm.bitstreams.engine_kernel.EngineKernel`): the bitstream carries the engine RTL
-    beside the kernel, recorded as its ``engine_rtl``."""
+    beside the kernel, recorded as its ``engine_rtl``; ``block``: the prefill block the program was compiled for
+    (with the dimensions, the size of the kernel's tokens port)."""
     name = f"{board.name}_{model_tag(dims)}_L{lanes}_G{group}"
     if board.flow == "vitis":
         arts = {"xclbin": {"path": f"{board.name}/{name}.xclbin"}}
@@ -350,7 +351,7 @@ def generate(compiled, out: Path, board_name: str | None = None, cores: int = 1)
     pf, bf = format_versions()
     written["manifest_entry.json"] = out / "manifest_entry.json"
     written["manifest_entry.json"].write_text(
-        json.dumps(manifest_entry(top, board, c.lanes, c.group, c.dims, cores, pf, bf, engine, c.block), indent=1)
+        json.dumps(manifest_entry(top, board, c.lanes, c.group, c.dims, cores, pf, bf, engine, block=c.block), indent=1)
                    + "\n")
     return written
 

@@ -181,7 +181,7 @@ def test_deploy_folder_carries_the_manifest_its_run_script_names(tmp_path, board
     for f in ("program.bin", "weights.blob"):
         (compiled / f).write_bytes(b"x" * 10)
     (ckpt / "tokenizer.json").write_text("{}")
-    entry = manifest_entry(find_hls_top(), get_board(board), 16, 32, DIMS, 1, 1, 1)
+    entry = manifest_entry(find_hls_top(), get_board(board), 16, 32, DIMS, 1, 1, 1, block=1)
     # Not recorded yet: the deploy folder gets the unbuilt entry, and the runtime refuses it saying what to do.
     out = tmp_path / "deploy"
     out.mkdir()

@@ -8,17 +8,16 @@ from pathlib import Path
 
 def fake_deploy(build: Path, out: Path, board: str = "kv260") -> tuple[Path, dict, Path]:
     """-> (deploy folder, its manifest entry, the build's C-simulation library for the fake device)."""
-    from accllm.bitstreams.build import find_hls_top, format_versions, manifest_entry
+    from accllm.bitstreams.build import find_hls_top, format_versions, manifest_entry, read_compiled
     from accllm.bitstreams.manifest import BitstreamEntry, Manifest, record_build, save_manifest
-    from accllm.hls import program as prog
     from accllm.hls.csim import build_library
     from accllm.host.steps import deploy_folder
     from accllm.sim.boards import get_board
 
     build, out = Path(build), Path(out)
-    meta, _, _ = prog.read_program(build / "program.bin")
-    entry = manifest_entry(find_hls_top(), get_board(board), meta["engine"]["lanes"], meta["dims"]["group"],
-                           meta["dims"], 1, *format_versions())
+    c = read_compiled(build)
+    entry = manifest_entry(find_hls_top(), get_board(board), c.lanes, c.group, c.dims, 1, *format_versions(),
+                           block=c.block)
     recipes = out / "bitstreams"
     for a in entry["artifacts"].values():
         (recipes / a["path"]).parent.mkdir(parents=True, exist_ok=True)
