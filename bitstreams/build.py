@@ -282,7 +282,7 @@ class CompiledBuild:
     lanes: int
     group: int
     dims: dict
-    block: int = 1  # the prefill block T the program was compiled for
+    block: int  # the prefill block T the program was compiled for
 
 
 def read_compiled(path) -> CompiledBuild:
