@@ -79,11 +79,15 @@ COMPONENTS = [
     ("A8", dict(act_bits=8)),
     ("KV4", dict(kv_bits=4)),
 ]
-TOGETHER = {  # key -> (label, overrides); all on the SparseGPT 2:4 weights, GPTQ
+TOGETHER = {  # key -> (label, overrides); 2:4 ones on the SparseGPT 2:4 weights, all GPTQ
     "w2": ("2:4 + W2A8KV4 + Λ (AccLLM)", dict(sparsity="2:4", weight_bits=2, act_bits=8, kv_bits=4,
                                              lambda_attention=True)),
     "w4": ("2:4 + W4A8KV4 + Λ (fallback)", dict(sparsity="2:4", weight_bits=4, act_bits=8, kv_bits=4,
                                                lambda_attention=True)),
+    # diagnostics: what distillation makes of 2:4 alone (the floor under every 2:4 row), and of the same
+    # formats without 2:4 (the engine's dense mode)
+    "s24": ("2:4 alone (float)", dict(sparsity="2:4")),
+    "w4dense": ("dense W4A8KV4 + Λ", dict(weight_bits=4, act_bits=8, kv_bits=4, lambda_attention=True)),
 }
 
 
@@ -130,7 +134,8 @@ def stage_ptq(a, fp, tok, txt, dev):
     for key, (name, over) in together.items():
         t0 = time.time()
         s = settings(over)
-        model, masks = compress(copy.deepcopy(pruned[0]), tok, s, device=dev, progress=False, masks=pruned[1])
+        start, given = pruned if s.sparsity == "2:4" else (fp, None)
+        model, masks = compress(copy.deepcopy(start), tok, s, device=dev, progress=False, masks=given)
         wb = weight_bytes_per_token(model, s)
         rows.append({"config": name + ", post-training", "key": key, **evaluate(model, txt, a.context),
                      "settings": s.to_json(), "weight_bytes_per_token": wb["total"], "weight_bytes": wb,
@@ -438,8 +443,8 @@ def _correct_weight_bytes(model, rows):
 
 def engine_bytes_per_token(model) -> dict:
     """Bytes the engine reads per decoded token, from the weight-stream layout (``accllm.sim.weight_stream``):
-    2:4 decoder linears with 2- or 4-bit codes (group 32, fp16 scales, 3-bit patterns) plus the DENSE W4 LM head,
-    the embedding row (fp16) and the KV4 bytes each token writes."""
+    2:4 decoder linears with 2- or 4-bit codes (group 32, fp16 scales, 3-bit patterns), or dense 4-bit ones, plus
+    the DENSE W4 LM head, the embedding row (fp16) and the KV4 bytes each token writes."""
     from transformers import AutoConfig
 
     from accllm.quant.model import resolve_model
@@ -450,16 +455,16 @@ def engine_bytes_per_token(model) -> dict:
     cfg = AutoConfig.from_pretrained(src.folder, **src.hf_kwargs())
     shape = ModelShape.from_config(cfg.to_dict(), str(model))
     out = {}
-    for wb in (2, 4):
+    for label, wb, sparse in (("2:4 W2A8KV4", 2, True), ("2:4 W4A8KV4", 4, True), ("dense W4A8KV4", 4, False)):
         fmt = ws.StreamFormat(wbits=wb, group=BASE["group_size"], lanes=16)
-        dec = ws.layout(shape, fmt, 1, sparse=True)
-        full = ws.layout(shape, fmt, 1, sparse=True, lm_head=True)
-        out[f"2:4 W{wb}A8KV4"] = {"decoder_linears": dec.nbytes(), "lm_head_w4": full.nbytes() - dec.nbytes(),
-                                  "embedding_row_fp16": 2 * shape.hidden, "kv4_written": kv_bytes_per_token(cfg, 4),
-                                  "bits_per_decoder_weight": dec.bits_per_weight()}
-        row = out[f"2:4 W{wb}A8KV4"]
+        dec = ws.layout(shape, fmt, 1, sparse=sparse)
+        full = ws.layout(shape, fmt, 1, sparse=sparse, lm_head=True)
+        out[label] = row = {"decoder_linears": dec.nbytes(), "lm_head_w4": full.nbytes() - dec.nbytes(),
+                            "embedding_row_fp16": 2 * shape.hidden, "kv4_written": kv_bytes_per_token(cfg, 4),
+                            "bits_per_decoder_weight": dec.bits_per_weight()}
         row["total"] = sum(v for k, v in row.items() if k != "bits_per_decoder_weight")
     out["w4_over_w2"] = out["2:4 W4A8KV4"]["total"] / out["2:4 W2A8KV4"]["total"]
+    out["dense_w4_over_w2"] = out["dense W4A8KV4"]["total"] / out["2:4 W2A8KV4"]["total"]
     return out
 
 
