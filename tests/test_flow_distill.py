@@ -94,3 +94,33 @@ def test_bad_distillation_keys_are_refused_naming_the_key(tmp_path, over, messag
         load_flow(_flow(tmp_path, **over))
     assert "\n" not in str(e.value)
 
+
+
+def test_dense_w4_distilled_in_the_flow_runs_bit_exact_to_csim(tmp_path):
+    """smollm2_dense_distill.yaml's path on the bundled model: dense GPTQ W4 linears distilled in the compress step
+    (no 2:4 anywhere), then export, compile and C-simulation, verified against the golden model in integers."""
+    import json
+
+    from accllm.host.flow import build
+    from accllm.quant.checkpoint import load_compressed
+    from accllm.quant.prune import decoder_linears
+
+    flow = _flow(tmp_path, sparsity="none", prune_method="wanda", qat_learn_masks=False)
+    raw = yaml.safe_load(flow.read_text())
+    raw.update(steps=["compress", "export", "compile", "csim"], verify=["compile", "csim"],
+               evaluation={"prompts": ["The return statement"], "max_new_tokens": 4, "perplexity_tokens": 0})
+    flow.write_text(yaml.safe_dump(raw))
+    state, _ = build(flow, tmp_path / "b")
+    assert state["ran"] == ["compress", "export", "compile", "csim"]
+    qat = json.loads((tmp_path / "b" / "compress" / "report.json").read_text())["qat"]
+    assert qat["steps_run"] == 3
+    model, _, s = load_compressed(tmp_path / "b" / "compress")
+    assert s.sparsity == "none" and s.weight_bits == 4
+    assert not any(hasattr(m, "sparse_mask") for m in decoder_linears(model).values())
+    from accllm.hls import program as prog
+    from accllm.sim.weight_stream import MODE_DENSE
+
+    _, instrs, _, _, _ = prog.read_compiled(tmp_path / "b" / "compile")
+    assert {prog.split_mode(i.mode) for i in instrs if i.op == prog.OP_LINEAR} == {(MODE_DENSE, 4)}
+    v = state["steps"]["csim"]["verification"]
+    assert v["prompts_same_tokens"] == "1/1" and v["integer_mismatches"] == 0 and v["integers_compared"] > 0
