@@ -410,36 +410,39 @@ def flatten_trace(d: Dims, tr: dict) -> torch.Tensor:
 
 
 @torch.no_grad()
+def _fresh_cache(model):
+    """The Brevitas model's own Λ KV cache, empty, attached for a ``with`` block."""
+    from accllm.quant import attention as attn
+
+    return attn.attached(model, attn.KVCache(model.config.num_hidden_layers, model.accllm_settings.policy()))
+
+
+def _brevitas_chunk(model, ids: list[int], start: int = 0) -> torch.Tensor:
+    """Logits [len(ids), vocab] of the Brevitas model over ``ids`` at positions ``start``.. (cache attached)."""
+    pos = torch.arange(start, start + len(ids))[None]
+    return model(input_ids=torch.tensor(ids)[None], position_ids=pos, use_cache=False).logits[0].float()
+
+
 def brevitas_generate(model, prompt: list[int], max_new: int, eos: int | None = None):
     """Greedy tokens and per-step logits of the Brevitas fake-quant model, with its own Λ KV cache
     (prompt as one prefill chunk, then one token per step): the reference the golden model is checked against."""
-    from accllm.quant import attention as attn
-
-    cache = attn.KVCache(model.config.num_hidden_layers, model.accllm_settings.policy())
     out, logits_all = [], []
-    with attn.attached(model, cache):
-        ids = torch.tensor(prompt)[None]
-        pos = torch.arange(len(prompt))[None]
-        logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits[0, -1].float()
+    with _fresh_cache(model):
+        logits = _brevitas_chunk(model, prompt)[-1]
         for i in range(max_new):
             logits_all.append(logits)
             t = int(torch.argmax(logits))
             out.append(t)
             if eos is not None and t == eos:
                 break
-            p = torch.tensor([[len(prompt) + i]])
-            logits = model(input_ids=torch.tensor([[t]]), position_ids=p, use_cache=False).logits[0, -1].float()
+            logits = _brevitas_chunk(model, [t], len(prompt) + i)[-1]
     return out, logits_all
 
 
 def brevitas_prefill_logits(model, ids: list[int]) -> torch.Tensor:
     """Logits [len(ids), vocab] of the Brevitas model over ``ids`` as one prefill chunk (fresh Λ KV cache)."""
-    from accllm.quant import attention as attn
-
-    cache = attn.KVCache(model.config.num_hidden_layers, model.accllm_settings.policy())
-    with attn.attached(model, cache):
-        out = model(input_ids=torch.tensor(ids)[None], position_ids=torch.arange(len(ids))[None], use_cache=False)
-    return out.logits[0].float()
+    with _fresh_cache(model):
+        return _brevitas_chunk(model, ids)
 
 
 def teacher_forced_vs_brevitas(model, golden: "GoldenModel", prompts: list[list[int]], max_new: int,
