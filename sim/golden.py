@@ -409,7 +409,6 @@ def flatten_trace(d: Dims, tr: dict) -> torch.Tensor:
     return torch.cat(parts)
 
 
-@torch.no_grad()
 def _fresh_cache(model):
     """The Brevitas model's own Λ KV cache, empty, attached for a ``with`` block."""
     from accllm.quant import attention as attn
@@ -423,6 +422,7 @@ def _brevitas_chunk(model, ids: list[int], start: int = 0) -> torch.Tensor:
     return model(input_ids=torch.tensor(ids)[None], position_ids=pos, use_cache=False).logits[0].float()
 
 
+@torch.no_grad()
 def brevitas_generate(model, prompt: list[int], max_new: int, eos: int | None = None):
     """Greedy tokens and per-step logits of the Brevitas fake-quant model, with its own Λ KV cache
     (prompt as one prefill chunk, then one token per step): the reference the golden model is checked against."""
@@ -439,6 +439,7 @@ def brevitas_generate(model, prompt: list[int], max_new: int, eos: int | None = 
     return out, logits_all
 
 
+@torch.no_grad()
 def brevitas_prefill_logits(model, ids: list[int]) -> torch.Tensor:
     """Logits [len(ids), vocab] of the Brevitas model over ``ids`` as one prefill chunk (fresh Λ KV cache)."""
     with _fresh_cache(model):
@@ -460,8 +461,7 @@ def teacher_forced_vs_brevitas(model, golden: "GoldenModel", prompts: list[list[
     max_abs = max_rel = margin = floor = 0.0
     for ids in prompts:
         ref, ref_logits = brevitas_generate(model, ids, max_new)
-        with torch.no_grad():
-            chunk = brevitas_prefill_logits(model, ids + ref[:-1])[len(ids) - 1:]
+        chunk = brevitas_prefill_logits(model, ids + ref[:-1])[len(ids) - 1:]
         floor = max([floor] + [float((a - b).abs().max() / a.abs().max()) for a, b in zip(ref_logits, chunk)])
         golden.reset()
         for t in ids:
