@@ -299,7 +299,7 @@ def read_compiled(path) -> CompiledBuild:
         raise ValueError(f"{path}: hls/parameters.h (LANES {lanes}, GROUP {group}) disagrees with program.bin "
                          f"(lanes {meta['engine']['lanes']}, group {meta['dims']['group']}); recompile")
     return CompiledBuild(path, path / "hls", meta["engine"]["target"], lanes, group, meta["dims"],
-                         int(meta["engine"].get("prefill_block", 1)))
+                         prog.prefill_block(meta))
 
 
 def bitstream_name(compiled) -> str:

@@ -84,6 +84,11 @@ def write_program(path, instrs: list[Instr], meta: dict) -> str:
     return container.sha256(payload)
 
 
+def prefill_block(meta: dict) -> int:
+    """The prefill block T a program was compiled for (metadata ``engine.prefill_block``; 1 when it has none)."""
+    return int(meta.get("engine", {}).get("prefill_block", 1))
+
+
 def read_program(path) -> tuple[dict, list[Instr], bytes]:
     meta, payload = container.read(path, MAGIC, VERSION, "engine program")
     if len(payload) % RECORD.size:

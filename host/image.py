@@ -121,7 +121,7 @@ def read_engine_image(build) -> EngineImage:
     if layout.nbytes != meta["kv_bytes"]:
         raise ValueError(f"{ppath}: the program expects a {meta['kv_bytes']}-byte KV cache, the Λ layout of its "
                          f"dimensions is {layout.nbytes} bytes; recompile")
-    block = int(meta["engine"].get("prefill_block", 1))
+    block = prog.prefill_block(meta)
     header = {"program_format": prog.VERSION, "blob_format": blobfmt.VERSION,
               "lanes": meta["engine"]["lanes"], "group": dims.group, "block": block, "dims": meta["dims"]}
     regions = read_engine_regions(build.path, block)

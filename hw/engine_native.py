@@ -52,10 +52,9 @@ class EngineCosim:
 
 def build_block(build_dir) -> int:
     """The build's prefill block T (program metadata ``engine.prefill_block``; 1 when it has none)."""
-    from accllm.hls.program import read_program
+    from accllm.hls.program import prefill_block, read_program
 
-    meta = read_program(Path(build_dir) / "program.bin")[0]
-    return int(meta.get("engine", {}).get("prefill_block", 1))
+    return prefill_block(read_program(Path(build_dir) / "program.bin")[0])
 
 
 def kernel_headers(blob_map: dict) -> Path:
