@@ -95,7 +95,6 @@ def test_bad_distillation_keys_are_refused_naming_the_key(tmp_path, over, messag
     assert "\n" not in str(e.value)
 
 
-
 def test_dense_w4_distilled_in_the_flow_runs_bit_exact_to_csim(tmp_path):
     """smollm2_dense_distill.yaml's path on the bundled model: dense GPTQ W4 linears distilled in the compress step
     (no 2:4 anywhere), then export, compile and C-simulation, verified against the golden model in integers."""
